@@ -1,0 +1,236 @@
+"""``mrsa bench``: P1 (HTTP service overhead) and P3 (dataflow vs rounds schedule).
+
+Both run in one process on one embedded engine, so the comparisons share everything but the
+thing measured:
+
+- P1: the same fixed-length RSA schedule (``ignore_eos``: every trace exactly
+  ``trace_max_tokens``) run by ``RsaRun`` on the engine directly, and through the HTTP service
+  (uvicorn in this process, the client in a thread with its own connection). Goal: ratio <= 1.05.
+- P3: the dataflow and the round-synchronous schedule at natural lengths with the same seeds
+  (so both generate the same traces). Goal: dataflow >= 1.25x faster. Reports tokens/s of both.
+
+Results are printed and written as JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+from contextlib import aclosing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from engine.base import Engine
+from engine.config import EngineConfig
+from rsa import RsaParams, RsaRun
+from rsa.events import RsaResult, RunCompleted
+
+RESULTS = Path(__file__).parent / "results"
+QUESTION = [
+    {
+        "role": "user",
+        "content": "A train travels 120 km in 1.5 hours, then 80 km in 0.5 hours. "
+        "What is its average speed in km/h? Put the answer in \\boxed{}.",
+    }
+]
+console = Console()
+
+
+@dataclass
+class Timing:
+    name: str
+    seconds: list[float]
+    completion_tokens: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.median
+
+
+async def run_direct(engine: Engine, params: RsaParams, run_id: str) -> RsaResult:
+    async with aclosing(RsaRun(engine, QUESTION, params, run_id=run_id).events()) as events:
+        async for event in events:
+            if isinstance(event, RunCompleted):
+                return event.result
+    raise RuntimeError("run ended without a result")
+
+
+def _http_run(url: str, model: str, params: RsaParams) -> dict:
+    body = {"model": model, "messages": QUESTION, "rsa": params.model_dump(exclude_none=True)}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=None)
+    response.raise_for_status()
+    return response.json()
+
+
+async def _in_thread(fn, *args):
+    """Run a blocking client call in its own thread so the server's loop stays free."""
+    result: dict = {}
+
+    def target() -> None:
+        result["value"] = fn(*args)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.01)
+    return result["value"]
+
+
+async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    params = RsaParams(
+        population=8, k=2, rounds=3, tail_tokens=48, trace_max_tokens=96,
+        selection="aggregate", ignore_eos=True, seed=1234, temperature=1.0,
+    )
+    settings = Settings(host="127.0.0.1", port=port)
+    app = create_app(settings, engine_factory=lambda _: _Unclosable(engine))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    direct, http, tokens = [], [], 0
+    try:
+        await run_direct(engine, params, "warmup")
+        for i in range(repeats):  # interleaved, so drift hits both alike
+            t0 = time.perf_counter()
+            result = await run_direct(engine, params, f"p1-direct-{i}")
+            direct.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            body = await _in_thread(_http_run, url, engine.model_name, params)
+            http.append(time.perf_counter() - t0)
+            tokens = result.usage.completion_tokens
+            assert body["usage"]["completion_tokens"] == tokens, "fixed-length runs must match"
+    finally:
+        server.should_exit = True
+        await serving
+    d, h = Timing("direct", direct, tokens), Timing("http", http, tokens)
+    return {
+        "params": params.model_dump(),
+        "direct": asdict(d) | {"median_s": d.median, "tokens_per_s": d.tokens_per_s},
+        "http": asdict(h) | {"median_s": h.median, "tokens_per_s": h.tokens_per_s},
+        "ratio_http_over_direct": h.median / d.median,
+        "goal": "<= 1.05",
+    }
+
+
+class _Unclosable:
+    """Lets the in-process server share the bench's engine without shutting it down."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str):
+        if name == "shutdown":
+            raise AttributeError(name)
+        return getattr(self._engine, name)
+
+
+async def bench_p3(engine: Engine, seeds: list[int]) -> dict:
+    base = dict(
+        population=8, k=2, rounds=3, tail_tokens=64, trace_max_tokens=384,
+        selection="aggregate", temperature=1.0,
+    )
+    out: dict = {"params": base, "seeds": seeds, "runs": []}
+    totals = {"dataflow": [0.0, 0], "rounds": [0.0, 0]}
+    await run_direct(engine, RsaParams(**{**base, "rounds": 1, "seed": 0}), "warmup")
+    for seed in seeds:
+        for schedule in ("rounds", "dataflow"):
+            params = RsaParams(**base, seed=seed, schedule=schedule)
+            t0 = time.perf_counter()
+            result = await run_direct(engine, params, f"p3-{schedule}-{seed}")
+            seconds = time.perf_counter() - t0
+            tokens = result.usage.completion_tokens
+            totals[schedule][0] += seconds
+            totals[schedule][1] += tokens
+            out["runs"].append(
+                {"seed": seed, "schedule": schedule, "seconds": seconds, "completion_tokens": tokens,
+                 "tokens_per_s": tokens / seconds}
+            )
+    for schedule, (seconds, tokens) in totals.items():
+        out[schedule] = {"seconds": seconds, "completion_tokens": tokens, "tokens_per_s": tokens / seconds}
+    out["speedup_dataflow"] = totals["rounds"][0] / totals["dataflow"][0]
+    out["goal"] = ">= 1.25"
+    return out
+
+
+def _report(results: dict) -> None:
+    table = Table(title="markovian-rsa benchmarks")
+    table.add_column("bench")
+    table.add_column("figure")
+    table.add_column("goal")
+    if "p1" in results:
+        p1 = results["p1"]
+        table.add_row(
+            "P1 HTTP / direct",
+            f"{p1['ratio_http_over_direct']:.3f} ({p1['http']['median_s']:.2f}s vs {p1['direct']['median_s']:.2f}s, "
+            f"{p1['direct']['tokens_per_s']:.0f} tok/s)",
+            p1["goal"],
+        )
+    if "p3" in results:
+        p3 = results["p3"]
+        table.add_row(
+            "P3 dataflow speedup",
+            f"{p3['speedup_dataflow']:.2f}x (dataflow {p3['dataflow']['tokens_per_s']:.0f} tok/s, "
+            f"rounds {p3['rounds']['tokens_per_s']:.0f} tok/s)",
+            p3["goal"],
+        )
+    console.print(table)
+
+
+async def _main(args: argparse.Namespace) -> dict:
+    from engine.local import LocalEngine
+
+    config = EngineConfig(
+        model=args.model, max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    engine = LocalEngine(config)
+    results: dict = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        if args.which in ("p1", "all"):
+            results["p1"] = await bench_p1(engine, args.repeats, args.port)
+        if args.which in ("p3", "all"):
+            results["p3"] = await bench_p3(engine, list(range(1, args.seeds + 1)))
+    finally:
+        engine.shutdown()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mrsa bench", description=__doc__)
+    parser.add_argument("which", nargs="?", choices=["p1", "p3", "all"], default="all")
+    parser.add_argument("--model", help="default: the embedded default model")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args(argv)
+    results = asyncio.run(_main(args))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    _report(results)
+    console.print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

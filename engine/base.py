@@ -1,0 +1,108 @@
+"""The engine interface: the only thing rsa/ and service/ know about model execution.
+
+An engine takes token ids and sampling parameters and streams back token ids and text.
+Everything vLLM-specific stays behind this protocol so the algorithm can be tested against a
+deterministic fake in milliseconds and every engine (embedded vLLM, remote replicas, the ZAYA1
+plugin) serves every front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. One request is one trace: ``n`` is always 1 (see DEVELOPERS.md:
+    a seeded ``n > 1`` request crashes vLLM's CPU sampler), so fan-out happens above this."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """One streamed step of a request: the new tokens and the text they decode to."""
+
+    token_ids: list[int]
+    text: str
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The engine's own tokenizer: tails are sliced from its ids, so they are token-exact."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` without special tokens."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens skipped."""
+        ...
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Prompt ids for a chat, ending with the generation prompt of the assistant turn."""
+        ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the algorithm and the HTTP service need from a model server."""
+
+    model_name: str
+    tokenizer: Tokenizer
+    max_model_len: int
+
+    def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        """Stream the completion of ``prompt_ids``. The last delta has ``finished=True``.
+
+        Closing the iterator early (``aclose``) or cancelling the task consuming it must abort
+        the request in the engine: callers rely on it to free capacity on disconnect.
+        """
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop ``request_id`` if it is still running; unknown ids are ignored."""
+        ...
+
+    def num_in_flight(self) -> int:
+        """Requests submitted and not yet finished or aborted."""
+        ...
+
+
+@dataclass
+class Completion:
+    """A whole finished request, gathered from its deltas."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.token_ids.extend(delta.token_ids)
+        self.text += delta.text
+        if delta.prompt_tokens:
+            self.prompt_tokens = delta.prompt_tokens
+        if delta.finished:
+            self.finish_reason = delta.finish_reason
+
+
+class EngineError(RuntimeError):
+    """The engine could not serve a request (dead engine, rejected request)."""

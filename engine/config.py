@@ -1,0 +1,35 @@
+"""Engine settings: what the embedded vLLM engine is started with.
+
+Plain pydantic so service/settings.py can nest it (env vars ``MRSA_ENGINE__*``) without
+service/ importing vLLM.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class EngineConfig(BaseModel):
+    model: str | None = Field(
+        None, description="HF checkpoint folder or hub id; unset = the provisioned default model."
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use in `model` (default: the model's folder name)."
+    )
+    dtype: str = Field("auto", description="Weights/activations dtype (vLLM's --dtype).")
+    max_model_len: int | None = Field(4096, ge=16, description="Context length of the engine.")
+    gpu_memory_utilization: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="vLLM's share of device memory; on the CPU, of NUMA node 0's memory.",
+    )
+    cpu_kvcache_space_gib: float = Field(
+        1.0, gt=0, description="KV cache size on CPU hosts (sets VLLM_CPU_KVCACHE_SPACE)."
+    )
+    max_num_seqs: int = Field(256, ge=1, description="Sequences batched together per step.")
+    enforce_eager: bool = Field(True, description="Skip graph capture (faster start).")
+    seed: int = Field(0, description="Engine seed; every trace also carries its own seed.")
+    cache_dir: str | None = Field(
+        None, description="Where the default model is provisioned (default ~/.cache/markovian-rsa)."
+    )

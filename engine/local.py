@@ -1,0 +1,136 @@
+"""The embedded engine: vLLM V1's ``AsyncLLM`` in this process.
+
+One vLLM request per trace, each with its own seed: a seeded request with ``n > 1`` crashes
+vLLM's CPU sampler, and one request per trace is what lets the RSA dataflow schedule start and
+abort traces independently anyway. Outputs are requested as deltas so the service can stream
+the final answer's tokens as they are generated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from engine.base import EngineError, GenerationDelta, SamplingParams
+from engine.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+class HFTokenizer:
+    """The engine's tokenizer (the checkpoint's own), behind the small engine.base interface."""
+
+    def __init__(self, model: str) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(model)
+        self.eos_token_id: int | None = self._tok.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        # Render to text, then encode: the template already carries any special tokens, and
+        # transformers' tokenize=True return type differs between major versions.
+        text = self._tok.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+
+def resolve_model(config: EngineConfig) -> str:
+    """The model path to load: the configured one, or the provisioned default checkpoint."""
+    if config.model:
+        return config.model
+    from engine.default_model import ensure_default_model
+
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    return str(ensure_default_model(cache))
+
+
+class LocalEngine:
+    """vLLM ``AsyncLLM`` implementing :class:`engine.base.Engine`."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        model = resolve_model(config)
+        if current_platform.is_cpu():
+            # Read by the engine-core process when it sizes the KV cache.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_space_gib:g}")
+        args = AsyncEngineArgs(
+            model=model,
+            served_model_name=[self._served_name(config, model)],
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_num_seqs=config.max_num_seqs,
+            enforce_eager=config.enforce_eager,
+            seed=config.seed,
+            disable_log_stats=True,
+        )
+        log.info("starting vLLM engine for %s", model)
+        self._llm = AsyncLLM.from_engine_args(args)
+        self.model_name = self._served_name(config, model)
+        self.max_model_len: int = self._llm.model_config.max_model_len
+        self.tokenizer = HFTokenizer(model)
+
+    @staticmethod
+    def _served_name(config: EngineConfig, model: str) -> str:
+        return config.served_model_name or Path(model.rstrip("/")).name
+
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = VllmSamplingParams(
+            n=1,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            ignore_eos=params.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        try:
+            # vLLM's generator aborts the request itself when closed or cancelled.
+            async for out in self._llm.generate(prompt, sampling, request_id):
+                choice = out.outputs[0]
+                yield GenerationDelta(
+                    token_ids=list(choice.token_ids),
+                    text=choice.text,
+                    finished=out.finished,
+                    finish_reason=_finish_reason(choice.finish_reason) if out.finished else None,
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                )
+        except (ValueError, TypeError) as exc:  # vLLM's request validation
+            raise EngineError(str(exc)) from exc
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    def num_in_flight(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _finish_reason(reason: str | None) -> str:
+    return reason if reason in ("stop", "length", "abort") else "stop"

@@ -1,0 +1,58 @@
+"""The FastAPI application: the engine is started in the lifespan and shared by all requests.
+
+``create_app`` takes an engine factory so tests can run the real HTTP stack over a fake engine,
+and so service/ never imports vLLM itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import Gauge, make_asgi_app
+
+from engine.base import Engine
+from engine.config import EngineConfig
+from service.errors import install_error_handlers
+from service.routes import router
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+EngineFactory = Callable[[EngineConfig], Engine]
+
+IN_FLIGHT = Gauge("mrsa_engine_in_flight", "Engine requests in flight.")
+
+
+def default_engine_factory(config: EngineConfig) -> Engine:
+    from engine import create_engine
+
+    return create_engine(config)
+
+
+def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
+    settings = settings or Settings()
+    factory = engine_factory or default_engine_factory
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = factory(settings.engine)
+        app.state.engine = engine
+        IN_FLIGHT.set_function(engine.num_in_flight)
+        log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
+        try:
+            yield
+        finally:
+            shutdown = getattr(engine, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+
+    app = FastAPI(title="markovian-rsa", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.started = int(time.time())
+    install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/metrics", make_asgi_app())
+    return app

@@ -1,0 +1,77 @@
+"""``mrsa ask``: one RSA query against a running server, with live progress in the terminal.
+
+Reads the server's SSE stream: a progress bar per round fills as nodes finish, answers are
+listed as they land, then the final answer streams in, then usage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
+
+
+def _events(response: httpx.Response) -> Iterator[dict]:
+    for line in response.iter_lines():
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _default_model(client: httpx.Client) -> str:
+    return client.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+
+
+def ask(url: str, question: str, rsa: dict, *, model: str | None = None) -> int:
+    console = Console()
+    with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, read=None)) as client:
+        model = model or _default_model(client)
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "rsa": rsa,
+        }
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        )
+        rounds: dict[int, int] = {}
+        answers = Text()
+        answer = Text()
+        population = rsa.get("population")
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                console.print(f"[red]{response.status_code}[/red] {response.json()['error']['message']}")
+                return 1
+            with Live(Group(progress, answers, answer), console=console, refresh_per_second=8):
+                for chunk in _events(response):
+                    if "error" in chunk:
+                        console.print(f"[red]error:[/red] {chunk['error']['message']}")
+                        return 1
+                    event = chunk.get("rsa")
+                    if event and event.get("event") == "node_finished":
+                        r = event["round"]
+                        if r not in rounds:
+                            rounds[r] = progress.add_task(f"round {r}", total=population)
+                        progress.advance(rounds[r])
+                        answers.append(f"r{r}.{event['index']}: {event['answer']}  ")
+                    elif event and event.get("event") == "final_started":
+                        answer.append(f"\nfinal ({event['mode']}):\n", style="bold")
+                    for choice in chunk.get("choices", []):
+                        answer.append(choice["delta"].get("content") or "")
+                    if event and event.get("event") == "run_completed":
+                        summary = {k: event[k] for k in ("stop_reason", "rounds_completed", "calls", "answer")}
+                        console.print(f"\n[bold]run:[/bold] {summary}")
+                    if chunk.get("usage"):
+                        console.print(f"[bold]usage:[/bold] {chunk['usage']}")
+    return 0

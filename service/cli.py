@@ -1,0 +1,128 @@
+"""``mrsa``: serve the API, ask it a question with live progress, provision the model, bench.
+
+Flags override ``MRSA_*`` environment variables, which override the defaults in
+service/settings.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict = {}
+    for name in ("host", "port", "log_level"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    settings = Settings(**overrides)
+    engine = settings.engine.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "model": args.model,
+                "served_model_name": args.served_model_name,
+                "max_model_len": args.max_model_len,
+                "dtype": args.dtype,
+                "gpu_memory_utilization": args.gpu_memory_utilization,
+                "cpu_kvcache_space_gib": args.cpu_kvcache_space,
+            }.items()
+            if v is not None
+        }
+    )
+    settings = settings.model_copy(update={"engine": engine})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def _provision(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.default_model import ensure_default_model
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(ensure_default_model(Path(args.cache_dir) if args.cache_dir else None))
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from service.ask import ask
+
+    rsa = {
+        k: v
+        for k, v in {
+            "population": args.population,
+            "k": args.k,
+            "rounds": args.rounds,
+            "tail_tokens": args.tail_tokens,
+            "trace_max_tokens": args.trace_max_tokens,
+            "budget_tokens": args.budget_tokens,
+            "selection": args.selection,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    return ask(args.url, args.question, rsa, model=args.model)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrsa", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible API")
+    serve.add_argument("--model", help="HF checkpoint folder or hub id (default: SmolLM2-135M-Instruct)")
+    serve.add_argument("--served-model-name")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--max-model-len", type=int)
+    serve.add_argument("--dtype")
+    serve.add_argument("--gpu-memory-utilization", type=float)
+    serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
+    serve.add_argument("--log-level")
+    serve.set_defaults(func=_serve)
+
+    ask = sub.add_parser("ask", help="run one RSA query against a running server, live")
+    ask.add_argument("question")
+    ask.add_argument("--url", default="http://127.0.0.1:8000")
+    ask.add_argument("--model", help="default: the server's only model")
+    ask.add_argument("--population", "-n", type=int)
+    ask.add_argument("--k", "-k", type=int)
+    ask.add_argument("--rounds", "-t", type=int)
+    ask.add_argument("--tail-tokens", type=int)
+    ask.add_argument("--trace-max-tokens", type=int)
+    ask.add_argument("--budget-tokens", type=int)
+    ask.add_argument("--selection", choices=["aggregate", "majority", "auto"])
+    ask.add_argument("--seed", type=int)
+    ask.set_defaults(func=_ask)
+
+    prov = sub.add_parser("provision", help="convert and cache the default model")
+    prov.add_argument("--cache-dir")
+    prov.set_defaults(func=_provision)
+
+    bench = sub.add_parser("bench", help="benchmarks P1 (HTTP overhead) and P3 (dataflow vs rounds)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""HTTP routes: ``/v1/chat/completions`` (plain or RSA), ``/v1/models``, ``/health``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from engine.base import Completion, Engine, EngineError, SamplingParams
+from rsa import ContextTooLongError, RsaParamError, RsaParams, RsaRun, check_context
+from rsa.events import (
+    FinalDelta,
+    FinalStarted,
+    NodeFinished,
+    RoundCompleted,
+    RsaEvent,
+    RsaResult,
+    RunCompleted,
+)
+from service import metrics
+from service.background import ClientDisconnected, pump, until_disconnect
+from service.errors import APIError, from_validation_error
+from service.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionTokensDetails,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    UsageInfo,
+    completion_id,
+    now,
+)
+from service.settings import Settings
+from service.streaming import DONE, ChunkFactory, sse, sse_error
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+# Status nginx uses for "client closed request": never seen by the client, visible in logs.
+CLIENT_CLOSED = 499
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    engine = _engine(request)
+    return {"status": "ok", "model": engine.model_name, "in_flight": engine.num_in_flight()}
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> ModelList:
+    engine = _engine(request)
+    card = ModelCard(
+        id=engine.model_name, created=request.app.state.started, max_model_len=engine.max_model_len
+    )
+    return ModelList(data=[card])
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    engine = _engine(request)
+    if body.model != engine.model_name:
+        raise APIError(
+            f"The model `{body.model}` does not exist. Available: `{engine.model_name}`.",
+            status=404,
+            param="model",
+            code="model_not_found",
+        )
+    chunks = ChunkFactory(id=completion_id(), created=now(), model=engine.model_name)
+    if body.rsa is not None:
+        return await _rsa_completion(body, request, engine, chunks)
+    return await _plain_completion(body, request, engine, chunks)
+
+
+# --------------------------------------------------------------------------- RSA
+
+
+def _rsa_params(body: ChatCompletionRequest, settings: Settings) -> RsaParams:
+    """Server defaults < top-level OpenAI fields < the ``rsa`` object."""
+    if body.n != 1:
+        raise APIError("n must be 1 with rsa: the run returns one answer", param="n")
+    if body.stop:
+        raise APIError("stop is not supported with rsa", param="stop")
+    top_level = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "final_max_tokens": body.completion_limit,
+        "ignore_eos": body.ignore_eos or None,
+    }
+    overrides = {k: v for k, v in top_level.items() if v is not None}
+    overrides.update(body.rsa or {})
+    try:
+        params = settings.rsa_params(overrides)
+        params.check_limits(settings.limits)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix="rsa") from None
+    except RsaParamError as exc:
+        raise APIError(exc.message, param=f"rsa.{exc.param}", code="invalid_value") from None
+    return params
+
+
+def _context_error(exc: ContextTooLongError) -> APIError:
+    return APIError(str(exc), param="messages", code="context_length_exceeded")
+
+
+def _usage(result: RsaResult) -> UsageInfo:
+    u = result.usage
+    return UsageInfo(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
+    )
+
+
+def _summary(result: RsaResult, with_trace: bool) -> dict:
+    block = {
+        "seed": result.seed,
+        "rounds_completed": result.rounds_completed,
+        "calls": result.calls,
+        "stop_reason": result.stop_reason,
+        "final_mode": result.final_mode,
+        "answer": result.answer,
+        "answers": result.answers,
+    }
+    if with_trace:
+        block["trace"] = [dataclasses.asdict(node) for node in result.trace]
+    return block
+
+
+def _progress(event: RsaEvent) -> dict | None:
+    match event:
+        case NodeFinished():
+            return {
+                "event": "node_finished",
+                "round": event.round,
+                "index": event.index,
+                "tokens": event.completion_tokens,
+                "answer": event.answer,
+                "status": event.status,
+                "cut": event.cut,
+            }
+        case RoundCompleted():
+            return {"event": "round_completed", "round": event.round, "answers": event.answers}
+        case FinalStarted():
+            return {"event": "final_started", "mode": event.mode, "parents": event.parents}
+    return None
+
+
+async def _rsa_completion(
+    body: ChatCompletionRequest, request: Request, engine: Engine, chunks: ChunkFactory
+) -> Response:
+    params = _rsa_params(body, _settings(request))
+    messages = body.chat()
+    try:
+        check_context(engine.tokenizer, engine.max_model_len, messages, params)
+    except ContextTooLongError as exc:
+        raise _context_error(exc) from None
+    run = RsaRun(engine, messages, params, run_id=chunks.id)
+    metrics.RSA_RUNS.inc()
+    if body.stream:
+        return _sse_response(_rsa_stream(run, params, body, chunks))
+
+    async def drain() -> RsaResult:
+        async with aclosing(pump(run.events())) as events:
+            async for event in events:
+                if isinstance(event, RunCompleted):
+                    return event.result
+        raise EngineError("run ended without a result")
+
+    result = await _guarded(request, drain())
+    if isinstance(result, Response):
+        return result
+    _record(result)
+    return JSONResponse(
+        ChatCompletion(
+            id=chunks.id,
+            created=chunks.created,
+            model=chunks.model,
+            choices=[
+                Choice(
+                    index=0,
+                    message=ResponseMessage(content=result.content),
+                    finish_reason=result.finish_reason,
+                )
+            ],
+            usage=_usage(result),
+            rsa=_summary(result, params.return_trace),
+        ).model_dump()
+    )
+
+
+async def _rsa_stream(
+    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory
+) -> AsyncIterator[str]:
+    started = False
+    try:
+        async with aclosing(pump(run.events())) as events:
+            async for event in events:
+                if isinstance(event, FinalDelta):
+                    if not started:
+                        started = True
+                        yield sse(chunks.role())
+                    if event.text:
+                        yield sse(chunks.content(event.text))
+                elif isinstance(event, RunCompleted):
+                    result = event.result
+                    _record(result)
+                    if not started:
+                        yield sse(chunks.role())
+                    summary = {"event": "run_completed", **_summary(result, params.return_trace)}
+                    yield sse(chunks.finish(result.finish_reason, rsa=summary))
+                    if body.include_usage:
+                        yield sse(chunks.usage(_usage(result).model_dump()))
+                elif (progress := _progress(event)) is not None:
+                    yield sse(chunks.progress(progress))
+    except EngineError as exc:
+        yield sse_error(APIError(str(exc), status=500, type="server_error", code="engine_error"))
+    yield DONE
+
+
+def _record(result: RsaResult) -> None:
+    metrics.ENGINE_CALLS.inc(result.calls)
+    metrics.GENERATED_TOKENS.inc(result.usage.completion_tokens)
+    metrics.STOP_REASONS.labels(result.stop_reason).inc()
+
+
+# --------------------------------------------------------------------------- plain
+
+
+def _plain_params(
+    body: ChatCompletionRequest, settings: Settings, prompt_tokens: int, max_model_len: int
+) -> list[SamplingParams]:
+    if body.n > settings.max_n:
+        raise APIError(f"n={body.n} exceeds this server's limit of {settings.max_n}", param="n")
+    room = max_model_len - prompt_tokens
+    limit = body.completion_limit
+    if room <= 0 or (limit is not None and limit > room):
+        asked = limit if limit is not None else 0
+        raise APIError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_tokens + asked} tokens ({prompt_tokens} in the messages, "
+            f"{asked} in the completion). Please reduce the length of the messages or completion.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    return [
+        SamplingParams(
+            max_tokens=limit or room,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=None if body.seed is None else body.seed + i,
+            stop=tuple(body.stop or ()),
+            ignore_eos=body.ignore_eos,
+        )
+        for i in range(body.n)
+    ]
+
+
+async def _plain_completion(
+    body: ChatCompletionRequest, request: Request, engine: Engine, chunks: ChunkFactory
+) -> Response:
+    from service.plain import merged_generations
+
+    prompt_ids = engine.tokenizer.apply_chat_template(body.chat())
+    params = _plain_params(body, _settings(request), len(prompt_ids), engine.max_model_len)
+    deltas = merged_generations(engine, prompt_ids, params, chunks.id)
+    if body.stream:
+        return _sse_response(_plain_stream(deltas, len(prompt_ids), body, chunks))
+
+    async def collect() -> list[Completion]:
+        outs = [Completion() for _ in params]
+        async with aclosing(pump(deltas)) as events:
+            async for i, delta in events:
+                outs[i].add(delta)
+        return outs
+
+    outs = await _guarded(request, collect())
+    if isinstance(outs, Response):
+        return outs
+    completion_tokens = sum(len(o.token_ids) for o in outs)
+    metrics.GENERATED_TOKENS.inc(completion_tokens)
+    return JSONResponse(
+        ChatCompletion(
+            id=chunks.id,
+            created=chunks.created,
+            model=chunks.model,
+            choices=[
+                Choice(index=i, message=ResponseMessage(content=o.text), finish_reason=o.finish_reason)
+                for i, o in enumerate(outs)
+            ],
+            usage=UsageInfo(
+                prompt_tokens=len(prompt_ids),
+                completion_tokens=completion_tokens,
+                total_tokens=len(prompt_ids) + completion_tokens,
+            ),
+        ).model_dump(exclude_none=True)
+    )
+
+
+async def _plain_stream(
+    deltas: AsyncIterator, prompt_tokens: int, body: ChatCompletionRequest, chunks: ChunkFactory
+) -> AsyncIterator[str]:
+    completion_tokens = 0
+    for i in range(body.n):
+        yield sse(chunks.role(i))
+    try:
+        async with aclosing(pump(deltas)) as events:
+            async for i, delta in events:
+                completion_tokens += len(delta.token_ids)
+                if delta.text:
+                    yield sse(chunks.content(delta.text, i))
+                if delta.finished:
+                    yield sse(chunks.finish(delta.finish_reason or "stop", i))
+    except EngineError as exc:
+        yield sse_error(APIError(str(exc), status=500, type="server_error", code="engine_error"))
+    else:
+        metrics.GENERATED_TOKENS.inc(completion_tokens)
+        if body.include_usage:
+            usage = UsageInfo(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            yield sse(chunks.usage(usage.model_dump(exclude_none=True)))
+    yield DONE
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _sse_response(stream: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _guarded(request: Request, work):
+    """Run non-streaming work; a disconnect cancels it (aborting its engine requests) and an
+    engine failure becomes a 500 envelope."""
+    try:
+        return await until_disconnect(request, work)
+    except ClientDisconnected:
+        log.info("client disconnected; run cancelled")
+        return Response(status_code=CLIENT_CLOSED)
+    except EngineError as exc:
+        return APIError(str(exc), status=500, type="server_error", code="engine_error").response()

@@ -1,0 +1,95 @@
+"""A real ``mrsa serve`` process on 127.0.0.1 with the embedded engine and default model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Small limits so "over the server's limit" is cheap to provoke.
+MAX_POPULATION = 8
+MAX_ROUNDS = 4
+MAX_MODEL_LEN = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    model: str
+    log: Path
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kw)
+
+    def in_flight(self) -> int:
+        return httpx.get(f"{self.url}/health", timeout=5).json()["in_flight"]
+
+
+def start_server(tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 300) -> tuple[subprocess.Popen, Server]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MRSA_LIMITS__MAX_POPULATION": str(MAX_POPULATION),
+        "MRSA_LIMITS__MAX_ROUNDS": str(MAX_ROUNDS),
+        "MRSA_ENGINE__MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+        "MRSA_ENGINE__GPU_MEMORY_UTILIZATION": "0.15",
+        "MRSA_ENGINE__CPU_KVCACHE_SPACE_GIB": "1",
+        **(extra_env or {}),
+    }
+    log = tmp / f"server-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            health = httpx.get(f"{url}/health", timeout=2)
+            if health.status_code == 200:
+                return proc, Server(url=url, model=health.json()["model"], log=log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError(f"server did not start in {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    proc, srv = start_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield srv
+    finally:
+        stop_server(proc)
