@@ -1,0 +1,152 @@
+"""Aggregation and refine prompts, and the check that a run's prompts fit the context.
+
+An aggregation prompt is the request's own conversation with the last user message replaced by:
+the instruction, the problem (that user message), K candidate tails under numbered separators,
+and a closing request for one improved solution. Earlier messages (system prompt, previous
+turns) are kept, so a run answers in the same conversation the client sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.base import Tokenizer
+from rsa.params import RsaParams
+from rsa.tails import Tail
+
+AGGREGATE_INSTRUCTION = (
+    "You are given a problem and several candidate solutions. Some of them may be wrong. "
+    "Aggregate the useful ideas into one improved solution. If the candidates disagree, work "
+    "out which reasoning path is correct and follow it; if all of them are wrong, try a "
+    "different strategy. End with the final answer in \\boxed{}."
+)
+AGGREGATE_CLOSING = (
+    "Now write a single, complete, improved solution to the problem. "
+    "End with the final answer in \\boxed{}."
+)
+REFINE_INSTRUCTION = (
+    "Here is a problem and a candidate solution to it. The candidate may contain mistakes."
+)
+REFINE_CLOSING = (
+    "Review the candidate solution carefully, fix any mistakes, and give an improved, complete "
+    "solution to the problem. End with the final answer in \\boxed{}."
+)
+CUT_MARKER = "..."
+# Tokens allowed per candidate beyond its tail: re-encoding a decoded tail inside a larger
+# prompt can merge or split a token or two at its edges.
+CANDIDATE_SLACK = 8
+
+
+class ContextTooLongError(ValueError):
+    """The run's prompts plus generation cannot fit the engine's context window."""
+
+    def __init__(self, prompt_tokens: int, required: int, max_model_len: int, message: str) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.required = required
+        self.max_model_len = max_model_len
+
+
+@dataclass(frozen=True)
+class ContextNeeds:
+    """What :func:`check_context` measured: the plain prompt, the worst-case aggregation
+    prompt (without generation) and the most context any call of the run may need."""
+
+    prompt_tokens: int
+    aggregation_prompt_tokens: int
+    required: int
+
+
+def last_user_index(messages: Sequence[dict[str, str]]) -> int:
+    """Position of the last user message: the problem the run is solving."""
+    for pos in range(len(messages) - 1, -1, -1):
+        if messages[pos].get("role") == "user":
+            return pos
+    raise ValueError("messages must contain a user message")
+
+
+def _candidate(tail: Tail) -> str:
+    return CUT_MARKER + tail.text if tail.cut else tail.text
+
+
+def aggregation_text(problem: str, candidates: Sequence[Tail]) -> str:
+    """The user turn of an aggregation prompt (K >= 2) or a refine prompt (K == 1)."""
+    if not candidates:
+        raise ValueError("an aggregation prompt needs at least one candidate")
+    if len(candidates) == 1:
+        return (
+            f"{REFINE_INSTRUCTION}\n\nProblem:\n{problem}\n\n"
+            f"--- Candidate solution ---\n{_candidate(candidates[0])}\n"
+            f"--- End of candidate solution ---\n\n{REFINE_CLOSING}"
+        )
+    blocks = "\n".join(
+        f"--- Candidate {n} ---\n{_candidate(tail)}" for n, tail in enumerate(candidates, 1)
+    )
+    return (
+        f"{AGGREGATE_INSTRUCTION}\n\nProblem:\n{problem}\n\n{blocks}\n"
+        f"--- End of candidates ---\n\n{AGGREGATE_CLOSING}"
+    )
+
+
+def aggregation_messages(
+    messages: Sequence[dict[str, str]], candidates: Sequence[Tail]
+) -> list[dict[str, str]]:
+    """The request's conversation with its last user message turned into an aggregation."""
+    pos = last_user_index(messages)
+    out = [dict(m) for m in messages]
+    out[pos]["content"] = aggregation_text(messages[pos]["content"], candidates)
+    return out
+
+
+def check_context(
+    tokenizer: Tokenizer,
+    max_model_len: int,
+    messages: Sequence[dict[str, str]],
+    params: RsaParams,
+) -> ContextNeeds:
+    """Refuse a run whose worst-case call cannot fit ``max_model_len`` before it starts.
+
+    Two calls bound the run: the plain prompt plus ``trace_max_tokens`` (round 0), and the
+    largest aggregation prompt plus its generation. The aggregation prompt is measured by
+    rendering it with K empty (cut) candidates, then adding K tails of at most
+    ``min(tail_tokens, trace_max_tokens)`` tokens and :data:`CANDIDATE_SLACK` each. Aggregation
+    calls exist only when ``rounds > 1`` (trace generation) or the selection may aggregate (final
+    generation), so only those terms count. Raises :class:`ContextTooLongError` with the numbers.
+    """
+    prompt_tokens = len(tokenizer.apply_chat_template(messages))
+    plain = prompt_tokens + params.trace_max_tokens
+    if plain > max_model_len:
+        raise ContextTooLongError(
+            prompt_tokens,
+            plain,
+            max_model_len,
+            f"This request needs {plain} tokens of context (prompt {prompt_tokens} + "
+            f"trace_max_tokens {params.trace_max_tokens}) but the model's max_model_len is "
+            f"{max_model_len}. Shorten the messages or lower trace_max_tokens.",
+        )
+    generation = max(
+        params.trace_max_tokens if params.rounds > 1 else 0,
+        params.final_tokens if params.selection != "majority" else 0,
+    )
+    if generation == 0:
+        return ContextNeeds(prompt_tokens, 0, plain)
+    empty = [Tail(text="", num_tokens=0, cut=True)] * params.k
+    overhead = len(tokenizer.apply_chat_template(aggregation_messages(messages, empty)))
+    per_candidate = min(params.tail_tokens, params.trace_max_tokens) + CANDIDATE_SLACK
+    aggregation_prompt = overhead + params.k * per_candidate
+    required = aggregation_prompt + generation
+    if required > max_model_len:
+        raise ContextTooLongError(
+            prompt_tokens,
+            required,
+            max_model_len,
+            f"This request needs up to {required} tokens of context but the model's "
+            f"max_model_len is {max_model_len}: aggregation prompt {overhead} (conversation "
+            f"{prompt_tokens} + instructions) + k {params.k} x (tail_tokens "
+            f"{min(params.tail_tokens, params.trace_max_tokens)} + {CANDIDATE_SLACK}) + "
+            f"{generation} new tokens (max of trace_max_tokens {params.trace_max_tokens} and "
+            f"final_max_tokens {params.final_tokens}). Lower k, tail_tokens, trace_max_tokens "
+            f"or final_max_tokens.",
+        )
+    return ContextNeeds(prompt_tokens, aggregation_prompt, max(plain, required))

@@ -1,0 +1,46 @@
+"""Token-exact tails: what a trace carries into the next round.
+
+Markovian RSA keeps only the last tau tokens of each trace, so an aggregation prompt holds about
+K * tau tokens whatever the length of the traces. Public implementations approximate tau with
+words or characters; we slice the engine's own token ids, so the context bound is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.base import Tokenizer
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The last ``num_tokens`` tokens of a trace, decoded. ``cut`` when the trace (or its
+    reasoning section) was longer, so prompts can mark the candidate as truncated."""
+
+    text: str
+    num_tokens: int
+    cut: bool
+
+
+def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int) -> Tail:
+    """The tail of one trace, given its output ids and text.
+
+    When the text has a closing think tag the tail comes from the reasoning only (the text
+    before the tag, opening tag removed): the reasoning is where the useful state of the trace
+    lives, and the answer section mostly restates it. That part is re-encoded with the engine's
+    tokenizer, since the streamed ids do not say where the reasoning ends. Otherwise the output
+    ids are sliced directly.
+    """
+    if tau < 1:
+        raise ValueError("tau must be at least 1")
+    if THINK_CLOSE in text:
+        reasoning = text.split(THINK_CLOSE, 1)[0].replace(THINK_OPEN, "").strip()
+        ids = tokenizer.encode(reasoning)
+    else:
+        ids = list(token_ids)
+    kept = ids[-tau:]
+    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau)

@@ -1,0 +1,93 @@
+"""Aggregation / refine prompts and the context check."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsa.params import RsaParams
+from rsa.prompts import (
+    ContextTooLongError,
+    aggregation_messages,
+    aggregation_text,
+    check_context,
+)
+from rsa.tails import Tail
+from tests.fakes import FakeTokenizer
+
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 1+1?"},
+    {"role": "assistant", "content": "2"},
+    {"role": "user", "content": "And 6*7?"},
+]
+
+
+def test_aggregation_keeps_earlier_messages_and_replaces_the_last_user_turn() -> None:
+    tails = [Tail("first idea", 2, cut=False), Tail("second idea", 2, cut=True)]
+    out = aggregation_messages(CHAT, tails)
+    assert out[:3] == CHAT[:3] and out[3]["role"] == "user"
+    text = out[3]["content"]
+    assert "And 6*7?" in text and "What is 1+1?" not in text
+    assert "Some of them may be wrong" in text and "\\boxed{}" in text
+    assert "--- Candidate 1 ---\nfirst idea\n" in text
+    assert "--- Candidate 2 ---\n...second idea\n" in text  # cut tails are marked
+    assert text.index("And 6*7?") < text.index("Candidate 1") < text.index("Candidate 2")
+    assert text.rstrip().endswith("\\boxed{}.")
+    assert CHAT[3]["content"] == "And 6*7?"  # the request is not mutated
+
+
+def test_single_candidate_uses_refine_wording() -> None:
+    text = aggregation_text("Solve x+1=2.", [Tail("x is 1", 3, cut=False)])
+    assert "candidate solution" in text and "fix any mistakes" in text
+    assert "several candidate" not in text and "Candidate 1" not in text
+    assert "x is 1" in text and not text.count("...x is 1")
+
+
+def test_messages_without_a_user_turn_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        aggregation_messages([{"role": "system", "content": "hi"}], [Tail("a", 1, False)])
+
+
+def test_context_check_passes_and_bounds_a_real_worst_case_prompt() -> None:
+    tok = FakeTokenizer()
+    params = RsaParams(population=4, k=3, rounds=3, tail_tokens=50, trace_max_tokens=80)
+    needs = check_context(tok, 4096, CHAT, params)
+    assert needs.prompt_tokens == len(tok.apply_chat_template(CHAT))
+    # Three cut tails of exactly tau tokens each must fit the measured aggregation prompt.
+    words = " ".join(f"tok{i}" for i in range(200))
+    tails = [Tail(tok.decode(tok.encode(words)[-50:]), 50, cut=True) for _ in range(3)]
+    prompt = tok.apply_chat_template(aggregation_messages(CHAT, tails))
+    assert len(prompt) <= needs.aggregation_prompt_tokens
+    assert needs.required == needs.aggregation_prompt_tokens + 80 <= 4096
+
+
+def test_context_error_shows_the_numbers() -> None:
+    tok = FakeTokenizer()
+    params = RsaParams(population=4, k=4, rounds=2, tail_tokens=600, trace_max_tokens=600)
+    with pytest.raises(ContextTooLongError) as info:
+        check_context(tok, 2048, CHAT, params)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.max_model_len == 2048 and err.required > 2048
+    assert err.prompt_tokens == len(tok.apply_chat_template(CHAT))
+    message = str(err)
+    assert "2048" in message and str(err.required) in message and "600" in message
+
+
+def test_plain_prompt_too_long_is_reported() -> None:
+    tok = FakeTokenizer()
+    long = [{"role": "user", "content": "word " * 600}]
+    params = RsaParams(population=2, k=1, rounds=1, tail_tokens=8, trace_max_tokens=100, selection="majority")
+    with pytest.raises(ContextTooLongError) as info:
+        check_context(tok, 1000, long, params)
+    assert info.value.required == info.value.prompt_tokens + 100 > 1000
+    assert str(info.value.prompt_tokens) in str(info.value) and "1000" in str(info.value)
+
+
+def test_runs_that_never_aggregate_need_only_the_plain_prompt() -> None:
+    tok = FakeTokenizer()
+    big_tails = dict(population=4, k=4, tail_tokens=1000, trace_max_tokens=100)
+    voting = RsaParams(rounds=1, selection="majority", **big_tails)
+    assert check_context(tok, 200, CHAT, voting).required <= 200
+    with pytest.raises(ContextTooLongError):
+        check_context(tok, 200, CHAT, RsaParams(rounds=1, selection="auto", **big_tails))

@@ -1,0 +1,86 @@
+"""Whatever ends a run (consumer closes, task cancelled, engine error), nothing stays in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.base import EngineError
+from rsa import FinalDelta, NodeFinished, NodeStarted, RsaParams, RsaRun
+from tests.fakes import FakeEngine, collect
+
+MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
+PARAMS = RsaParams(population=4, k=2, rounds=3, tail_tokens=8, trace_max_tokens=60, seed=1, selection="aggregate")
+
+
+@pytest.mark.asyncio
+async def test_aclose_mid_run_aborts_every_request() -> None:
+    engine = FakeEngine(delay=0.01, tokens_per_delta=1)
+    events = RsaRun(engine, MESSAGES, PARAMS, run_id="a").events()
+    started = 0
+    async for event in events:
+        started += isinstance(event, NodeStarted)
+        if started == 4:
+            break
+    await asyncio.sleep(0.03)  # let the traces stream a little
+    assert engine.num_in_flight() == 4
+    await events.aclose()
+    assert engine.num_in_flight() == 0
+    assert sorted(engine.abort_calls) == [f"a-r0-i{i}" for i in range(4)]
+    assert all(r.aborted and r.completion_tokens > 0 for r in engine.requests)
+
+
+@pytest.mark.asyncio
+async def test_aclose_during_the_final_answer_aborts_it() -> None:
+    engine = FakeEngine(delay=lambda r: 0.01 if r.request_id.endswith("final") else 0.0, tokens_per_delta=1)
+    events = RsaRun(engine, MESSAGES, PARAMS, run_id="f").events()
+    async for event in events:
+        if isinstance(event, FinalDelta):
+            break
+    await events.aclose()
+    assert engine.num_in_flight() == 0
+    assert engine.by_id("f-final").aborted and "f-final" in engine.abort_calls
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_consumer_aborts_every_request() -> None:
+    engine = FakeEngine(delay=0.01, tokens_per_delta=1)
+    seen: list[object] = []
+
+    async def consume() -> None:
+        async for event in RsaRun(engine, MESSAGES, PARAMS, run_id="c").events():
+            seen.append(event)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    assert engine.num_in_flight() == 4
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.num_in_flight() == 0
+    assert len(engine.abort_calls) == 4 and all(r.aborted for r in engine.requests)
+    assert not any(isinstance(e, NodeFinished) for e in seen)
+
+
+@pytest.mark.asyncio
+async def test_engine_errors_propagate_after_cleanup() -> None:
+    def fail(req):
+        return EngineError("boom") if req.request_id == "e-r1-i2" else None
+
+    engine = FakeEngine(delay=0.005, tokens_per_delta=1, error=fail)
+    with pytest.raises(EngineError, match="boom"):
+        await collect(RsaRun(engine, MESSAGES, PARAMS, run_id="e"))
+    assert engine.num_in_flight() == 0
+    assert engine.max_in_flight >= 2  # siblings were running when the error surfaced
+
+
+@pytest.mark.asyncio
+async def test_context_too_long_is_refused_before_any_request() -> None:
+    from rsa import ContextTooLongError
+
+    engine = FakeEngine(max_model_len=200)
+    params = RsaParams(population=4, k=4, rounds=2, tail_tokens=100, trace_max_tokens=100)
+    with pytest.raises(ContextTooLongError) as info:
+        RsaRun(engine, MESSAGES, params, run_id="x")
+    assert info.value.max_model_len == 200 and engine.requests == []
