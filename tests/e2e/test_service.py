@@ -153,9 +153,16 @@ def _first_progress_then_hang_up(server: Server, rsa: dict) -> None:
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
-            for line in response.iter_lines():
+            # Hold the iterator: a dropped httpx line iterator closes the connection itself.
+            lines = response.iter_lines()
+            for line in lines:
                 if line.startswith("data: ") and '"rsa"' in line:
                     break
+            # Between rounds there can be an instant with nothing in flight: wait until the
+            # engine is busy with this run, so the hang-up really happens mid-generation.
+            deadline = time.monotonic() + 10
+            while server.in_flight() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert server.in_flight() > 0
     # leaving the block closes the connection mid-run
 
