@@ -4,6 +4,9 @@ the real ``openai`` SDK as the client."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -273,3 +276,29 @@ def test_server_is_healthy_and_idle_after_all_of_that(server: Server) -> None:
     metrics = httpx.get(f"{server.url}/metrics/").text
     assert "mrsa_rsa_runs_total" in metrics
     assert json.loads(httpx.get(f"{server.url}/health").text)["in_flight"] == 0
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _ask(server: Server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "ask", "What is 7 + 5?", "--url", server.url, *args],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"},
+    )
+
+
+def test_mrsa_ask_shows_progress_answer_and_usage(server: Server) -> None:
+    out = _ask(server, "--population", "2", "--k", "2", "--rounds", "2", "--tail-tokens", "16",
+               "--trace-max-tokens", "24", "--selection", "aggregate", "--seed", "3")
+    assert out.returncode == 0, out.stderr
+    assert "round 0" in out.stdout and "round 1" in out.stdout
+    assert "final (aggregate)" in out.stdout
+    assert "'stop_reason': 'rounds'" in out.stdout and "'calls': 5" in out.stdout
+    assert "usage:" in out.stdout and "completion_tokens" in out.stdout
+
+
+def test_mrsa_ask_reports_a_bad_request(server: Server) -> None:
+    out = _ask(server, "--population", "2", "--k", "3")
+    assert out.returncode == 1
+    assert "400" in out.stdout and "must not exceed population" in out.stdout
