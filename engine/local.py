@@ -129,7 +129,11 @@ class LocalEngine:
         await self._llm.check_health()
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        # Drop our reference too: AsyncLLM.__del__ shuts down again, and at interpreter exit
+        # (module globals already gone) that second call raises a noisy TypeError.
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
 
 
 def _finish_reason(reason: str | None) -> str:

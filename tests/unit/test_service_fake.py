@@ -1,0 +1,114 @@
+"""The HTTP layer over the deterministic fake engine: the OpenAI SDK parses every response and
+chunk, envelopes carry the right status and param. Milliseconds, no vLLM; the same paths run
+against the real engine in tests/e2e."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.fakes import FakeEngine
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
+RSA = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 16, "trace_max_tokens": 64, "seed": 5}
+
+
+@pytest.fixture
+async def engine_and_client() -> AsyncIterator[tuple[FakeEngine, openai.AsyncOpenAI]]:
+    engine = FakeEngine(answer=lambda r: str((r.params.seed or 0) % 3))
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield engine, openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http, max_retries=0)
+
+
+async def test_rsa_response_sums_usage_over_the_trace(engine_and_client) -> None:
+    engine, client = engine_and_client
+    out = await client.chat.completions.create(
+        model="fake-model", messages=QUESTION,
+        extra_body={"rsa": {**RSA, "selection": "aggregate", "return_trace": True}},
+    )
+    block = out.model_extra["rsa"]
+    assert block["calls"] == 4 * 2 + 1 == len(engine.requests) == len(block["trace"])
+    assert out.usage.completion_tokens == engine.completion_tokens
+    assert out.usage.prompt_tokens == sum(n["prompt_tokens"] for n in block["trace"])
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    assert out.choices[0].message.content == block["trace"][-1]["text"]
+    assert block["seed"] == 5
+
+
+async def test_top_level_fields_feed_the_run(engine_and_client) -> None:
+    engine, client = engine_and_client
+    await client.chat.completions.create(
+        model="fake-model", messages=QUESTION, temperature=0.3, max_tokens=7,
+        extra_body={"rsa": {**RSA, "selection": "aggregate"}},
+    )
+    traces, final = engine.requests[:-1], engine.requests[-1]
+    assert {r.params.temperature for r in traces} == {0.3}
+    assert final.params.max_tokens == 7
+
+
+async def test_rsa_stream_is_parsed_by_the_sdk(engine_and_client) -> None:
+    _, client = engine_and_client
+    stream = await client.chat.completions.create(
+        model="fake-model", messages=QUESTION, stream=True, stream_options={"include_usage": True},
+        extra_body={"rsa": {**RSA, "selection": "aggregate"}},
+    )
+    events, content, usage = [], "", None
+    async for chunk in stream:
+        if (rsa := (chunk.model_extra or {}).get("rsa")) is not None:
+            events.append(rsa["event"])
+        if chunk.choices:
+            content += chunk.choices[0].delta.content or ""
+        usage = chunk.usage or usage
+    assert events.count("node_finished") == 8 and events.count("round_completed") == 2
+    assert events.index("final_started") > max(i for i, e in enumerate(events) if e == "node_finished")
+    assert events[-1] == "run_completed"
+    assert "\\boxed{" in content and usage.completion_tokens > 0
+
+
+async def test_majority_makes_no_final_call(engine_and_client) -> None:
+    engine, client = engine_and_client
+    out = await client.chat.completions.create(
+        model="fake-model", messages=QUESTION, extra_body={"rsa": {**RSA, "selection": "majority"}}
+    )
+    block = out.model_extra["rsa"]
+    assert block["calls"] == 8 == len(engine.requests) and block["final_mode"] == "majority"
+    last_round = block["answers"][-1]
+    assert block["answer"] == max(set(last_round), key=last_round.count)
+
+
+async def test_plain_completion_without_rsa(engine_and_client) -> None:
+    engine, client = engine_and_client
+    out = await client.chat.completions.create(model="fake-model", messages=QUESTION, n=2, seed=10, max_tokens=50)
+    assert len(out.choices) == 2 and len(engine.requests) == 2
+    assert [r.params.seed for r in engine.requests] == [10, 11]
+    assert out.model_extra.get("rsa") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": "other", "messages": QUESTION}, 404, "model"),
+        ({"model": "fake-model", "messages": QUESTION, "rsa": {"k": 9, "population": 2}}, 400, "rsa"),
+        ({"model": "fake-model", "messages": QUESTION, "rsa": {"rounds": 999}}, 400, "rsa.rounds"),
+        ({"model": "fake-model", "messages": QUESTION, "rsa": {"tail_tokens": "x"}}, 400, "rsa.tail_tokens"),
+        ({"model": "fake-model", "messages": QUESTION, "rsa": {"budget_tokens": 5}}, 400, "rsa.budget_tokens"),
+        ({"model": "fake-model", "messages": QUESTION, "stop": ["a"], "rsa": {}}, 400, "stop"),
+        ({"model": "fake-model", "messages": QUESTION, "n": 99}, 400, "n"),
+        ({"model": "fake-model", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    ],
+)
+async def test_bad_input_gets_the_envelope(engine_and_client, body: dict, status: int, param: str) -> None:
+    engine, client = engine_and_client
+    response = await client._client.post("http://test/v1/chat/completions", json=body)
+    assert response.status_code == status
+    err = response.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+    assert engine.requests == []  # rejected before any engine work
