@@ -105,4 +105,10 @@ class Completion:
 
 
 class EngineError(RuntimeError):
-    """The engine could not serve a request (dead engine, rejected request)."""
+    """The engine could not serve a request (dead engine, rejected request).
+
+    ``status`` is the HTTP status the service answers with: subclasses set 503 for a
+    temporarily unavailable engine, 400 for a request the engine rejected."""
+
+    status: int = 500
+    code: str = "engine_error"

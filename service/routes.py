@@ -229,8 +229,8 @@ async def _rsa_stream(
                         yield sse(chunks.usage(_usage(result).model_dump()))
                 elif (progress := _progress(event)) is not None:
                     yield sse(chunks.progress(progress))
-    except EngineError as exc:
-        yield sse_error(APIError(str(exc), status=500, type="server_error", code="engine_error"))
+    except Exception as exc:  # the 200 is sent: the error travels as a chunk
+        yield sse_error(_stream_failure(exc))
     yield DONE
 
 
@@ -327,8 +327,8 @@ async def _plain_stream(
                     yield sse(chunks.content(delta.text, i))
                 if delta.finished:
                     yield sse(chunks.finish(delta.finish_reason or "stop", i))
-    except EngineError as exc:
-        yield sse_error(APIError(str(exc), status=500, type="server_error", code="engine_error"))
+    except Exception as exc:  # the 200 is sent: the error travels as a chunk
+        yield sse_error(_stream_failure(exc))
     else:
         metrics.GENERATED_TOKENS.inc(completion_tokens)
         if body.include_usage:
@@ -361,4 +361,16 @@ async def _guarded(request: Request, work):
         log.info("client disconnected; run cancelled")
         return Response(status_code=CLIENT_CLOSED)
     except EngineError as exc:
-        return APIError(str(exc), status=500, type="server_error", code="engine_error").response()
+        return _engine_error(exc).response()
+
+
+def _stream_failure(exc: Exception) -> APIError:
+    if isinstance(exc, EngineError):
+        return _engine_error(exc)
+    log.exception("stream failed")
+    return APIError(f"Internal error: {type(exc).__name__}", status=500, type="server_error", code="internal_error")
+
+
+def _engine_error(exc: EngineError) -> APIError:
+    err_type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return APIError(str(exc), status=exc.status, type=err_type, code=exc.code)

@@ -4,12 +4,14 @@ against the real engine in tests/e2e."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
 
+from engine.base import EngineError
 from service.app import create_app
 from service.settings import Settings
 from tests.fakes import FakeEngine
@@ -112,3 +114,28 @@ async def test_bad_input_gets_the_envelope(engine_and_client, body: dict, status
     err = response.json()["error"]
     assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
     assert engine.requests == []  # rejected before any engine work
+
+
+class _Unavailable(EngineError):
+    status = 503
+    code = "engine_unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_engine_failure_reaches_the_client_as_an_envelope(stream: bool) -> None:
+    engine = FakeEngine(error=lambda r: _Unavailable("every replica is gone") if r.order >= 2 else None)
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    body = {"model": "fake-model", "messages": QUESTION, "rsa": RSA, "stream": stream}
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            response = await http.post("/v1/chat/completions", json=body)
+    if stream:
+        assert response.status_code == 200
+        lines = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2][len("data: "):])["error"]
+    else:
+        assert response.status_code == 503
+        error = response.json()["error"]
+    assert error["code"] == "engine_unavailable" and "every replica is gone" in error["message"]
+    assert engine.num_in_flight() == 0
