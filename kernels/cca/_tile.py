@@ -1,0 +1,203 @@
+"""Triton building blocks shared by the CCA prefill and decode kernels.
+
+One program handles a tile of BT token rows and ONE KV-head group g: the group's G query heads
+and its key head. That is the natural unit because the q-k mean skip path mixes exactly those heads,
+the grouped conv has one group per head, and programs of different g touch disjoint channels of the
+conv/value state (which is what makes the decode kernel's in-place state update race-free).
+
+Row model used for both kernels: row ``r`` reads its own input row, and ``pis`` ("position in
+sequence") says how many earlier tokens of its sequence precede it in the same input; a tap at
+``o`` tokens back comes from input row ``r - o`` when ``pis >= o`` and otherwise from the state
+row ``S - o + pis`` (zero when there is no state). Prefill passes the true ``pis``; decode passes 0,
+so every earlier tap comes from the slot's state.
+
+All arithmetic is fp32. The grouped conv is a [BT, d] x [d, d] tensor-core dot per kernel tap; with
+bf16 inputs its operand (the depthwise output) is rounded to bf16 first, which is exactly what
+transformers' bf16 ``conv_qk_depthwise`` output is, and fp32 inputs use exact ``ieee`` dots (TF32
+would miss the 1e-5 fp32 tolerance). Under TRITON_INTERPRET the bf16 dot is emulated with the same
+rounding in fp32, because the interpreter multiplies bf16 tensors as raw 16-bit integers.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_head(
+    x_rows,  # [BT] pointers: this row's input, at the head's first channel
+    x_stride,
+    st_rows,  # [BT] pointers: this row's state block (S rows), at the head's first channel
+    st_stride,
+    pis,
+    row_ok,
+    st_ok,
+    cb,  # the head's first channel in C = (Hq + Hk) * d
+    wdw_ptr,
+    bdw_ptr,
+    wg_ptr,
+    bg_ptr,
+    cols,
+    D: tl.constexpr,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    HAS_DW_BIAS: tl.constexpr,
+    HAS_G_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """Causal depthwise (K0 taps) then grouped (K1 taps, d x d per head) conv for one head: [BT, d]."""
+    S: tl.constexpr = K0 + K1 - 2
+    acc = tl.zeros((x_rows.shape[0], D), dtype=tl.float32)
+    for s in tl.static_range(K1):
+        # Depthwise output at time t - (K1 - 1 - s); includes the bias even over zero padding,
+        # as nn.Conv1d does on transformers' zero-padded input.
+        dw = tl.zeros((x_rows.shape[0], D), dtype=tl.float32)
+        if HAS_DW_BIAS:
+            dw += tl.load(bdw_ptr + cb + cols).to(tl.float32)[None, :]
+        for a in tl.static_range(K0):
+            o: tl.constexpr = (K1 - 1 - s) + (K0 - 1 - a)
+            in_x = row_ok & (pis >= o)
+            in_st = st_ok & (pis < o)
+            ptr = tl.where(
+                in_x[:, None],
+                x_rows[:, None] - o * x_stride + cols[None, :],
+                st_rows[:, None] + (S - o + pis)[:, None] * st_stride + cols[None, :],
+            )
+            xo = tl.load(ptr, mask=(in_x | in_st)[:, None], other=0.0).to(tl.float32)
+            w = tl.load(wdw_ptr + (cb + cols) * K0 + a).to(tl.float32)
+            dw += xo * w[None, :]
+        # W_s^T as a [d_in, d_out] tile of conv_g_weight [C, d, K1].
+        wt = tl.load(wg_ptr + (cb + cols[None, :]) * (D * K1) + cols[:, None] * K1 + s)
+        if IEEE:
+            # fp32 inputs, or the interpreter (whose bf16 dot is broken): round the operand to the
+            # weight dtype like the tensor-core path, then an exact fp32 dot.
+            acc = tl.dot(dw.to(wt.dtype).to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(dw.to(wt.dtype), wt, acc)
+    if HAS_G_BIAS:
+        acc += tl.load(bg_ptr + cb + cols).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _l2norm(x, scale, eps):
+    """x * (scale / max(||x||, eps)): ZayaQKNorm (scale = sqrt(d), eps = finfo(input dtype).eps)."""
+    n = tl.sqrt(tl.sum(x * x, axis=1))
+    return x * (scale / tl.maximum(n, eps))[:, None]
+
+
+@triton.jit
+def _rope(x, cos, sin, BT: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, PARTIAL: tl.constexpr):
+    """Neox RoPE on the first 2*HALF dims of each row of x [BT, D] (PARTIAL: 2*HALF == D/2, else
+    2*HALF == D). Splits pairs (j, j + HALF) out with reshape/permute/split, so any HALF works
+    (no dot with N = HALF, which would need HALF >= 16 on GPUs)."""
+    if PARTIAL:
+        x4 = tl.permute(tl.reshape(x, (BT, 2, 2, HALF)), (0, 3, 2, 1))  # [BT, HALF, half, rot/pass]
+        rot, keep = tl.split(x4)
+        x1, x2 = tl.split(rot)
+        y = tl.join(tl.join(x1 * cos - x2 * sin, x2 * cos + x1 * sin), keep)
+        return tl.reshape(tl.permute(y, (0, 3, 2, 1)), (BT, D))
+    else:
+        x3 = tl.permute(tl.reshape(x, (BT, 2, HALF)), (0, 2, 1))
+        x1, x2 = tl.split(x3)
+        y = tl.join(x1 * cos - x2 * sin, x2 * cos + x1 * sin)
+        return tl.reshape(tl.permute(y, (0, 2, 1)), (BT, D))
+
+
+@triton.jit
+def _cca_tile(
+    rows,  # [BT] input/output row indices
+    row_ok,
+    pis,  # [BT] earlier tokens of the same sequence present in the input (decode: 0)
+    pos,  # [BT] RoPE positions
+    st_ok,  # [BT] a state exists for this row (else zeros)
+    conv_st_rows,  # [BT] element offset of the row's conv-state block [S, C]
+    v_st_rows,  # [BT] element offset of the row's value-state row [Hk*d/2]
+    g,  # KV-head group
+    q_pre_ptr, sq, k_pre_ptr, sk, v_cur_ptr, svc, v_del_ptr, svd,
+    conv_st_ptr, st_stride, v_st_ptr,
+    wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, temp_ptr, cs_ptr,
+    q_out_ptr, k_out_ptr, v_out_ptr,
+    head_scale,
+    norm_eps,
+    HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr,
+    RD: tl.constexpr, BT: tl.constexpr,
+    HAS_DW_BIAS: tl.constexpr, HAS_G_BIAS: tl.constexpr, IEEE: tl.constexpr,
+    UPDATE_STATE: tl.constexpr,
+):
+    """q/k/v for a tile of rows and one KV group; with UPDATE_STATE (decode) also shifts this
+    group's channels of the conv/value state by one token, in place, after reading them."""
+    G: tl.constexpr = HQ // HK
+    S: tl.constexpr = K0 + K1 - 2
+    HALF: tl.constexpr = RD // 2
+    VH: tl.constexpr = HK * D // 2
+    PARTIAL: tl.constexpr = RD * 2 == D
+    cols = tl.arange(0, D)
+    m2 = row_ok[:, None]
+    r64 = rows.to(tl.int64)
+
+    jh = tl.arange(0, HALF)
+    cos = tl.load(cs_ptr + pos[:, None] * RD + jh[None, :], mask=m2, other=0.0).to(tl.float32)
+    sin = tl.load(cs_ptr + pos[:, None] * RD + HALF + jh[None, :], mask=m2, other=0.0).to(tl.float32)
+
+    kcb = HQ * D + g * D
+    k_rows = k_pre_ptr + r64 * sk + g * D
+    kp = tl.load(k_rows[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    ksum = tl.zeros((BT, D), dtype=tl.float32)
+    for i in tl.static_range(G + 1):
+        if i < G:
+            h = g * G + i
+            cb = h * D
+            x_rows = q_pre_ptr + r64 * sq + h * D
+            xs = sq
+        else:
+            cb = kcb
+            x_rows = k_rows
+            xs = sk
+        st_rows = conv_st_ptr + conv_st_rows + cb
+        conv = _conv_head(
+            x_rows, xs, st_rows, st_stride, pis, row_ok, st_ok, cb,
+            wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, cols, D, K0, K1, HAS_DW_BIAS, HAS_G_BIAS, IEEE,
+        )
+        if i < G:
+            # q = conv + (q_pre + k_pre[group]) / 2; the key's skip term is the group mean of these.
+            qp = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            res = (qp + kp) * 0.5
+            ksum += res
+            y = _l2norm(conv + res, head_scale, norm_eps)
+            y = _rope(y, cos, sin, BT, D, HALF, PARTIAL)
+            tl.store(q_out_ptr + (r64 * HQ + h)[:, None] * D + cols[None, :], y.to(q_out_ptr.dtype.element_ty), mask=m2)
+        else:
+            y = _l2norm(conv + ksum / G, head_scale, norm_eps)
+            y = y * tl.load(temp_ptr + g).to(tl.float32)
+            y = _rope(y, cos, sin, BT, D, HALF, PARTIAL)
+            tl.store(k_out_ptr + (r64 * HK + g)[:, None] * D + cols[None, :], y.to(k_out_ptr.dtype.element_ty), mask=m2)
+        if UPDATE_STATE:
+            # new_state[s] = old_state[s + 1] (s < S - 1), new_state[S - 1] = this token. The taps
+            # above were read before the first barrier; every row is read before it is rewritten.
+            wm = (row_ok & st_ok)[:, None]
+            for s in tl.static_range(S - 1):
+                old = tl.load(st_rows[:, None] + (s + 1) * st_stride + cols[None, :], mask=wm, other=0.0)
+                tl.debug_barrier()
+                tl.store(st_rows[:, None] + s * st_stride + cols[None, :], old, mask=wm)
+            cur = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0)
+            tl.debug_barrier()
+            tl.store(st_rows[:, None] + (S - 1) * st_stride + cols[None, :], cur.to(conv_st_ptr.dtype.element_ty), mask=wm)
+
+    # v = cat([v_cur, v_delayed], -1).view(Hk, d): head g covers flat channels g*d .. g*d + d - 1.
+    c = g * D + cols
+    is_cur = c < VH
+    cd = c - VH  # channel in the delayed half
+    cur = tl.load(v_cur_ptr + r64[:, None] * svc + c[None, :], mask=m2 & is_cur[None, :], other=0.0)
+    from_prev = (pis >= 1)[:, None] & m2 & ~is_cur[None, :]
+    from_st = (pis < 1)[:, None] & (row_ok & st_ok)[:, None] & ~is_cur[None, :]
+    dptr = tl.where(from_prev, v_del_ptr + (r64 - 1)[:, None] * svd + cd[None, :], v_st_ptr + v_st_rows[:, None] + cd[None, :])
+    dl = tl.load(dptr, mask=from_prev | from_st, other=0.0)
+    v = tl.where(is_cur[None, :], cur, dl.to(cur.dtype))
+    tl.store(v_out_ptr + (r64 * HK + g)[:, None] * D + cols[None, :], v.to(v_out_ptr.dtype.element_ty), mask=m2)
+    if UPDATE_STATE:
+        # This group rewrites exactly the value-state channels it read above.
+        nv = tl.load(v_del_ptr + r64[:, None] * svd + cd[None, :], mask=m2 & ~is_cur[None, :], other=0.0)
+        tl.debug_barrier()
+        tl.store(v_st_ptr + v_st_rows[:, None] + cd[None, :], nv.to(v_st_ptr.dtype.element_ty), mask=(row_ok & st_ok)[:, None] & ~is_cur[None, :])
