@@ -16,7 +16,10 @@ class EngineConfig(BaseModel):
     served_model_name: str | None = Field(
         None, description="Name clients use in `model` (default: the model's folder name)."
     )
-    dtype: str = Field("auto", description="Weights/activations dtype (vLLM's --dtype).")
+    dtype: str = Field(
+        "auto",
+        description="vLLM's --dtype; auto on a CPU without bf16 instructions means float32.",
+    )
     max_model_len: int | None = Field(4096, ge=16, description="Context length of the engine.")
     gpu_memory_utilization: float = Field(
         0.35,
