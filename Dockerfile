@@ -1,23 +1,52 @@
-# GPU image: vLLM's CUDA build + markovian-rsa. For CPU hosts use `make serve` instead.
+# GPU image: the official vLLM OpenAI image (CUDA build of the vLLM release pyproject.toml pins
+# in its `cuda` extra; tests/deploy checks the tag) + markovian-rsa. CPU hosts: Dockerfile.cpu.
 #   docker build -t markovian-rsa .
 #   docker run --gpus all -p 8000:8000 -v ~/.cache/huggingface:/root/.cache/huggingface \
 #       markovian-rsa --model Zyphra/ZAYA1-8B
+# Every `mrsa serve` flag can follow the image name; every setting is also an env var
+# (-e MRSA_ENGINE__MODEL=Zyphra/ZAYA1-8B, -e MRSA_ENGINE__MAX_MODEL_LEN=16384, ...).
+# With MRSA_ENGINE__UPSTREAMS (or --upstream URL, repeatable) the server drives remote vLLM
+# replicas instead of an embedded engine: see deploy/compose.yaml and deploy/k8s/.
 FROM vllm/vllm-openai:v0.32.0
 
-WORKDIR /app
+# The base image's python3 is the one vLLM, torch and CUDA libraries live in: install beside it.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+WORKDIR /opt/markovian-rsa
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY rsa ./rsa
 COPY engine ./engine
 COPY kernels ./kernels
 COPY benchmarks ./benchmarks
-# vLLM and torch come with the base image; install only our own dependencies beside them.
-RUN python3 -m pip install --no-cache-dir -e . \
- && python3 -m pip uninstall -y rsa kernels || true
 
+# 1. PyPI's `rsa` (crypto) and Hugging Face's `kernels` share our top-level package names:
+#    remove them before installing, or their files and ours would mix in site-packages.
+# 2. Install with the base image's CUDA stack pinned (constraints), so no dependency of ours can
+#    swap torch/vLLM/triton/flashinfer/nvidia-* for PyPI builds; the rest may move as needed.
+# 3. Prove the image: `rsa`/`kernels` are ours alone, and transformers + vLLM still import
+#    (-I: from site-packages, not from the sources in the working directory).
+RUN python3 -m pip uninstall -y rsa kernels \
+ && python3 -m pip list --format=freeze \
+      | grep -iE '^(torch|torchvision|torchaudio|triton|vllm|xformers|flashinfer[a-z0-9_-]*|nvidia-[a-z0-9_-]+)==' \
+      > /tmp/cuda-stack.txt \
+ && python3 -m pip install --no-cache-dir --constraint /tmp/cuda-stack.txt . \
+ && rm /tmp/cuda-stack.txt \
+ && python3 -I -c "import importlib.metadata as m; d = m.packages_distributions(); \
+assert set(d.get('rsa', [])) == {'markovian-rsa'}, d.get('rsa'); \
+assert set(d.get('kernels', [])) == {'markovian-rsa'}, d.get('kernels'); \
+import transformers, vllm, service.app, rsa.params, engine.config, kernels"
+
+# Listen on every interface inside the container (the host decides what to publish).
+# CUDA graphs on (the embedded engine's default is eager, for fast CPU starts).
 ENV MRSA_HOST=0.0.0.0 \
     MRSA_PORT=8000 \
     MRSA_ENGINE__GPU_MEMORY_UTILIZATION=0.9 \
     MRSA_ENGINE__ENFORCE_EAGER=false
 EXPOSE 8000
+
+# /health answers once the engine is up (uvicorn accepts connections after the lifespan
+# started it). The start period covers downloading and loading a multi-GB checkpoint.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20m --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('MRSA_PORT', '8000') + '/health', timeout=4)"]
+
 ENTRYPOINT ["mrsa", "serve"]

