@@ -117,6 +117,7 @@ async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
             http.append(time.perf_counter() - t0)
             tokens = result.usage.completion_tokens
             assert body["usage"]["completion_tokens"] == tokens, "fixed-length runs must match"
+            console.log(f"P1 {i}: direct {direct[-1]:.2f}s, http {http[-1]:.2f}s ({tokens} tokens)")
     finally:
         server.should_exit = True
         await serving
@@ -159,6 +160,7 @@ async def bench_p3(engine: Engine, seeds: list[int]) -> dict:
             tokens = result.usage.completion_tokens
             totals[schedule][0] += seconds
             totals[schedule][1] += tokens
+            console.log(f"P3 seed {seed} {schedule}: {seconds:.2f}s, {tokens} tokens")
             out["runs"].append(
                 {"seed": seed, "schedule": schedule, "seconds": seconds, "completion_tokens": tokens,
                  "tokens_per_s": tokens / seconds}
