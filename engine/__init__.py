@@ -7,7 +7,12 @@ from engine.config import EngineConfig
 
 
 def create_engine(config: EngineConfig) -> Engine:
-    """The embedded vLLM engine for ``config`` (vLLM is imported only here, lazily)."""
+    """The remote-replica engine when ``config.upstreams`` is set, else the embedded vLLM
+    engine (vLLM is imported only then, lazily)."""
+    if config.upstreams:
+        from engine.remote import RemoteEngine
+
+        return RemoteEngine(config)
     from engine.local import LocalEngine
 
     return LocalEngine(config)

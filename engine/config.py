@@ -36,3 +36,28 @@ class EngineConfig(BaseModel):
     cache_dir: str | None = Field(
         None, description="Where the default model is provisioned (default ~/.cache/markovian-rsa)."
     )
+
+    # Remote replicas (engine/remote.py): set `upstreams` to serve through OpenAI-compatible
+    # vLLM servers instead of an embedded engine.
+    upstreams: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of vLLM servers (e.g. http://10.0.0.5:8000); set = remote engine.",
+    )
+    upstream_connect_timeout_s: float = Field(3.0, gt=0, description="TCP connect timeout.")
+    upstream_read_timeout_s: float = Field(
+        120.0, gt=0, description="Longest silence between two streamed chunks of a request."
+    )
+    upstream_attempts: int = Field(
+        4, ge=1, description="Failed attempts in a row (no token gained) before a request fails."
+    )
+    upstream_retry_deadline_s: float = Field(
+        30.0, gt=0, description="Time without progress after which a request stops retrying."
+    )
+    upstream_backoff_s: float = Field(0.1, ge=0, description="First retry backoff (full jitter).")
+    upstream_backoff_max_s: float = Field(2.0, ge=0, description="Largest retry backoff.")
+    upstream_retry_after_max_s: float = Field(10.0, ge=0, description="Cap on a 429's Retry-After.")
+    upstream_health_interval_s: float = Field(2.0, gt=0, description="Health probe period.")
+    upstream_eject_after: int = Field(
+        2, ge=1, description="Consecutive failures (probes or requests) that eject a replica."
+    )
+    upstream_max_connections: int = Field(512, ge=1, description="HTTP connection pool size.")

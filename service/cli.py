@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "dtype": args.dtype,
                 "gpu_memory_utilization": args.gpu_memory_utilization,
                 "cpu_kvcache_space_gib": args.cpu_kvcache_space,
+                "upstreams": args.upstreams,
             }.items()
             if v is not None
         }
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-memory-utilization", type=float)
     serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
     serve.add_argument("--log-level")
+    serve.add_argument(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        metavar="URL",
+        help="base URL of an OpenAI-compatible vLLM server to use as a replica (repeatable); "
+        "set = no embedded engine",
+    )
     serve.set_defaults(func=_serve)
 
     ask = sub.add_parser("ask", help="run one RSA query against a running server, live")

@@ -42,7 +42,13 @@ class Server:
         return httpx.get(f"{self.url}/health", timeout=5).json()["in_flight"]
 
 
-def start_server(tmp: Path, extra_env: dict[str, str] | None = None, timeout: float = 300) -> tuple[subprocess.Popen, Server]:
+def start_server(
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 300,
+    args: tuple[str, ...] = (),
+) -> tuple[subprocess.Popen, Server]:
+    """``mrsa serve`` (plus ``args``) on a free port; returns once /health answers."""
     port = free_port()
     env = {
         **os.environ,
@@ -55,7 +61,7 @@ def start_server(tmp: Path, extra_env: dict[str, str] | None = None, timeout: fl
     }
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

