@@ -9,15 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.base import EngineError
+
 StopReason = Literal["rounds", "consensus", "budget", "deadline"]
 FinalMode = Literal["aggregate", "majority", "direct"]
-NodeStatus = Literal["finished", "aborted"]
+NodeStatus = Literal["finished", "aborted", "failed"]
 
 
 @dataclass
 class NodeRecord:
     """One engine call of the run. ``round`` counts from 0; the final answer has
-    ``kind == "final"`` and ``round == rounds_completed``."""
+    ``kind == "final"`` and ``round == rounds_completed``. A ``failed`` trace (its engine
+    request raised :class:`~engine.base.EngineError`) keeps the tokens it delivered before the
+    failure; its ``prompt_tokens`` are the engine's own count, 0 if it reported none."""
 
     round: int
     index: int
@@ -34,6 +38,16 @@ class NodeRecord:
     tail_tokens: int = 0
     cut: bool = False
     answer: str | None = None
+    error: str | None = None  # why a failed call failed
+
+
+@dataclass(frozen=True)
+class FailedTrace:
+    """A trace whose engine request failed; the run went on with the survivors of its round."""
+
+    round: int
+    index: int
+    error: str
 
 
 @dataclass
@@ -60,6 +74,38 @@ class RsaResult:
     answers: list[list[str | None]]  # extracted answer per finished node, per round
     answer: str | None  # the final extracted answer
     trace: list[NodeRecord]
+    failed: list[FailedTrace] = field(default_factory=list)  # traces lost to engine errors
+
+    @property
+    def degraded(self) -> bool:
+        """True when some traces failed and the run went on with the survivors."""
+        return bool(self.failed)
+
+
+class RunFailed(EngineError):
+    """The run cannot go on: a round kept fewer than K traces after engine failures, or the
+    final aggregation failed. Carries the failing engine error's ``status`` and ``code`` (503
+    ``upstream_unavailable`` when every replica is gone) and what the run spent until then:
+    ``usage`` sums every call of the run, failed and aborted ones included."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: EngineError,
+        usage: Usage,
+        failed: list[FailedTrace],
+        calls: int,
+        seed: int,
+    ) -> None:
+        super().__init__(message)
+        self.status = cause.status
+        self.code = cause.code
+        self.cause = cause
+        self.usage = usage
+        self.failed = failed
+        self.calls = calls
+        self.seed = seed
 
 
 @dataclass(frozen=True)
@@ -77,6 +123,7 @@ class NodeFinished:
     answer: str | None
     status: NodeStatus
     cut: bool
+    error: str | None = None  # set when status == "failed"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
     WAITING --start()--> RUNNING --finish()--> FINISHED
                                  \\--abort()---> ABORTED
+                                 \\--fail()----> FAILED   (its engine request raised EngineError)
 
 A node is one engine request. Its completion is accumulated while it streams, so a node aborted
 at the deadline still knows how many tokens it generated (they count in usage and budget).
@@ -23,13 +24,14 @@ class NodeState(Enum):
     RUNNING = "running"
     FINISHED = "finished"
     ABORTED = "aborted"
+    FAILED = "failed"
 
 
 @dataclass(eq=False)
 class Node:
     round: int
     index: int
-    parents: list[int]
+    parents: list[int]  # the planned parents; the runner replaces failed ones at launch
     seed: int
     request_id: str
     state: NodeState = NodeState.WAITING
@@ -39,6 +41,12 @@ class Node:
     task: asyncio.Task[None] | None = None
     tail: Tail | None = None
     answer: str | None = None
+    error: str | None = None  # why the engine request failed
+    planned: list[int] = field(default_factory=list)  # the plan's parents, before substitution
+
+    def __post_init__(self) -> None:
+        if not self.planned:
+            self.planned = list(self.parents)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -52,6 +60,15 @@ class Node:
     def finished(self) -> bool:
         return self.state is NodeState.FINISHED
 
+    @property
+    def failed(self) -> bool:
+        return self.state is NodeState.FAILED
+
+    @property
+    def settled(self) -> bool:
+        """Its request ended, one way or another."""
+        return self.state in (NodeState.FINISHED, NodeState.ABORTED, NodeState.FAILED)
+
     def start(self, max_tokens: int, task: asyncio.Task[None]) -> None:
         assert self.state is NodeState.WAITING, self.state
         self.state, self.max_tokens, self.task = NodeState.RUNNING, max_tokens, task
@@ -64,10 +81,18 @@ class Node:
         assert self.state is NodeState.RUNNING, self.state
         self.state = NodeState.ABORTED
 
+    def fail(self, error: str) -> None:
+        assert self.state is NodeState.RUNNING, self.state
+        self.state, self.error = NodeState.FAILED, error
+
     def record(self) -> NodeRecord:
         """The trace entry of this node (only for nodes that were launched)."""
-        assert self.state in (NodeState.FINISHED, NodeState.ABORTED), self.state
+        assert self.settled, self.state
         tail = self.tail
+        if self.failed:  # the engine's count only: a request refused at once cost no prompt
+            prompt_tokens = self.completion.prompt_tokens
+        else:
+            prompt_tokens = self.completion.prompt_tokens or len(self.prompt_ids or ())
         return NodeRecord(
             round=self.round,
             index=self.index,
@@ -75,13 +100,14 @@ class Node:
             parents=list(self.parents),
             seed=self.seed,
             max_tokens=self.max_tokens,
-            prompt_tokens=self.completion.prompt_tokens or len(self.prompt_ids or ()),
+            prompt_tokens=prompt_tokens,
             completion_tokens=len(self.completion.token_ids),
-            finish_reason=self.completion.finish_reason or "abort",
-            status="finished" if self.finished else "aborted",
+            finish_reason="error" if self.failed else self.completion.finish_reason or "abort",
+            status=self.state.value,  # type: ignore[arg-type]
             text=self.completion.text,
             tail_text=tail.text if tail else "",
             tail_tokens=tail.num_tokens if tail else 0,
             cut=tail.cut if tail else False,
             answer=self.answer,
+            error=self.error,
         )

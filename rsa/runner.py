@@ -17,6 +17,23 @@ in its own task, so traces progress while the consumer handles events.
 Whatever ends the iteration (normal end, engine error, ``aclose()``, cancellation), the
 ``finally`` of :meth:`RsaRun.events` aborts every engine request still in flight: the service
 relies on it to free the engine when a client disconnects.
+
+Failures. A trace whose engine request raises :class:`~engine.base.EngineError` (for the
+remote engine: after its retries and fail-over, i.e. no replica could serve it) does not end the
+run: it becomes a *failed* node (the tokens it delivered count in usage and budget) and the run
+goes on with the survivors of its round:
+
+* a child whose planned parents include a failed node takes a *substitute* in that parent's
+  place: the first member of a per-child preference order of the parent round that is not a
+  parent already and has not failed. The order is a permutation of the round's indices drawn
+  from ``random.Random("<seed>:substitute:<round>:<index>")``, so it depends only on the run
+  seed, never on timing, and the child waits for its substitute to finish like for any parent
+  (if the substitute fails in turn, the next one in the order is taken). Given which traces
+  fail, the run is therefore still reproducible.
+* as soon as a round can no longer keep K survivors (N - failed < K; with K = 1: all failed),
+  every request in flight is aborted and :class:`~rsa.events.RunFailed` is raised with the
+  failing error's status and code and the usage spent so far. A failed final aggregation raises
+  it too. The result of a run that lost traces lists them (``failed``; ``degraded`` is true).
 """
 
 from __future__ import annotations
@@ -29,10 +46,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from engine.base import Completion, Engine, SamplingParams
+from engine.base import Completion, Engine, EngineError, SamplingParams
 from rsa.answers import extract_answer, normalize_answer
 from rsa.budget import TokenBudget
 from rsa.events import (
+    FailedTrace,
     FinalDelta,
     FinalMode,
     FinalStarted,
@@ -43,6 +61,7 @@ from rsa.events import (
     RsaEvent,
     RsaResult,
     RunCompleted,
+    RunFailed,
     StopReason,
     Usage,
 )
@@ -117,6 +136,7 @@ class RsaRun:
         self._budget_blocked = False
         self._completed: set[int] = set()
         self._consensus_round: int | None = None
+        self._errors: dict[int, EngineError] = {}  # the last engine error per round
         # The final answer.
         self._final_mode: FinalMode = "direct"
         self._final_parents: list[int] = []
@@ -154,6 +174,10 @@ class RsaRun:
                             yield FinalDelta(delta.text)
                         if delta.finished:
                             break
+                except EngineError as exc:
+                    self._final_request = None
+                    self._settle_final(call, completion, error=str(exc) or type(exc).__name__)
+                    raise self._run_failed(f"the final {self._final_mode} call failed: {exc}", exc) from exc
                 finally:
                     await _aclose(stream)
                 self._final_request = None
@@ -174,13 +198,44 @@ class RsaRun:
             return None
         return self.params.deadline_s - (self.clock() - self._t0)
 
+    def _substitutes(self, node: Node) -> list[int]:
+        """The order in which members of the parent round replace failed planned parents of
+        ``node``: a permutation drawn from the run seed alone (see the module docstring)."""
+        order = list(range(self.params.population))
+        random.Random(f"{self.seed}:substitute:{node.round}:{node.index}").shuffle(order)
+        return order
+
+    def _effective_parents(self, node: Node) -> list[int] | None:
+        """``node``'s planned parents with every failed one replaced by a substitute, in its
+        place; None when the parent round has too few survivors left to fill them."""
+        previous = self._rounds[node.round - 1]
+        if not any(previous[p].failed for p in node.planned):
+            return list(node.planned)
+        taken = {p for p in node.planned if not previous[p].failed}
+        candidates = iter(
+            c for c in self._substitutes(node) if c not in taken and c not in node.planned and not previous[c].failed
+        )
+        parents: list[int] = []
+        for p in node.planned:
+            if previous[p].failed:
+                substitute = next(candidates, None)
+                if substitute is None:
+                    return None
+                p = substitute
+            parents.append(p)
+        return parents
+
     def _ready(self, node: Node) -> bool:
         if node.round == 0:
             return True
         previous = self._rounds[node.round - 1]
-        if self.params.schedule == "rounds":
-            return all(p.finished for p in previous)
-        return all(previous[p].finished for p in node.parents)
+        if self.params.schedule == "rounds" and not all(p.finished or p.failed for p in previous):
+            return False
+        parents = self._effective_parents(node)
+        if parents is None or not all(previous[p].finished for p in parents):
+            return False
+        node.parents = parents  # final: finished parents stay finished
+        return True
 
     def _prompt_for(self, node: Node) -> list[int]:
         if node.round == 0:
@@ -259,6 +314,7 @@ class RsaRun:
         done, _ = await asyncio.wait(running.keys(), timeout=left, return_when=asyncio.FIRST_COMPLETED)
         for node in sorted((running[t] for t in done), key=lambda n: n.key):
             self._settle(node)
+        await self._check_survivors()
         if self._stop_reason == "consensus":
             await self._halt("consensus")
             return False
@@ -268,11 +324,18 @@ class RsaRun:
     def _settle(self, node: Node, *, aborted: bool = False) -> None:
         """A node's request ended: charge its tokens, take its tail and answer, report it."""
         assert node.task is not None
-        if not aborted and not node.task.cancelled() and node.task.exception() is not None:
-            raise node.task.exception()  # type: ignore[misc]  # an engine error ends the run
+        error: BaseException | None = None
+        if not aborted and not node.task.cancelled():
+            error = node.task.exception()
+            if error is not None and not isinstance(error, EngineError):
+                raise error  # a bug, not an engine failure: it ends the run
         completion = node.completion
         self.budget.settle(node.max_tokens, len(completion.token_ids))
-        if aborted or completion.finish_reason not in ("stop", "length"):
+        if error is not None:
+            node.fail(str(error) or type(error).__name__)
+            self._errors[node.round] = error  # type: ignore[assignment]
+            log.warning("run %s: trace %s failed: %s", self.run_id, node.request_id, error)
+        elif aborted or completion.finish_reason not in ("stop", "length"):
             node.abort()
         else:
             tail = take_tail(completion.token_ids, completion.text, self.tokenizer, self.params.tail_tokens)
@@ -283,12 +346,41 @@ class RsaRun:
                 index=node.index,
                 completion_tokens=len(completion.token_ids),
                 answer=node.answer,
-                status="finished" if node.finished else "aborted",
+                status=node.state.value,  # type: ignore[arg-type]
                 cut=node.tail.cut if node.tail else False,
+                error=node.error,
             )
         )
-        if node.finished:
+        if node.finished or node.failed:
             self._check_round(node.round)
+
+    async def _check_survivors(self) -> None:
+        """Fail the run once a round can no longer keep K survivors (see the module docstring):
+        abort everything in flight, then raise :class:`RunFailed` with what was spent."""
+        for r, nodes in enumerate(self._rounds):
+            failed = sum(n.failed for n in nodes)
+            if failed and len(nodes) - failed < self.params.k:
+                running = [n for n in self._nodes() if n.running]
+                await self._abort(running)
+                for node in running:
+                    self._settle(node, aborted=True)
+                survivors = len(nodes) - failed
+                raise self._run_failed(
+                    f"{failed} of {len(nodes)} traces of round {r} failed, leaving {survivors} "
+                    f"(fewer than k={self.params.k}); last error: {self._errors[r]}",
+                    self._errors[r],
+                )
+
+    def _run_failed(self, message: str, cause: EngineError) -> RunFailed:
+        trace = self._trace()
+        return RunFailed(
+            message,
+            cause=cause,
+            usage=self._usage(trace),
+            failed=self._failed(),
+            calls=len(trace),
+            seed=self.seed,
+        )
 
     def _check_round(self, r: int) -> None:
         """Report round ``r`` once all its nodes finished; test it for consensus.
@@ -297,17 +389,19 @@ class RsaRun:
         child, so completions may arrive out of order; only the deepest completed round is
         tested for consensus (an earlier round agreeing says nothing new)."""
         nodes = self._rounds[r]
-        if not all(n.finished for n in nodes):
+        if not all(n.finished or n.failed for n in nodes) or r in self._completed:
             return
+        if len(nodes) - sum(n.failed for n in nodes) < self.params.k:
+            return  # a lost round: _check_survivors fails the run
         self._completed.add(r)
-        answers = [n.answer for n in nodes]
+        answers = [n.answer for n in nodes]  # None for failed traces
         self._queue.append(RoundCompleted(r, answers))
         if (
             self.params.early_stop == "consensus"
             and self._stop_reason is None
             and r < self.params.rounds - 1  # the last round ends the run anyway
             and r == max(self._completed)
-            and _unanimous(answers)
+            and _unanimous([n.answer for n in nodes if n.finished])
         ):
             self._stop_reason = "consensus"
             self._consensus_round = r
@@ -384,10 +478,14 @@ class RsaRun:
         )
         return _FinalCall(f"{self.run_id}-final", prompt_ids, sampling)
 
-    def _settle_final(self, call: _FinalCall, completion: Completion) -> None:
+    def _settle_final(self, call: _FinalCall, completion: Completion, *, error: str | None = None) -> None:
         self.budget.settle(call.sampling.max_tokens, len(completion.token_ids))
         self._content = completion.text
-        self._finish_reason = completion.finish_reason or "abort"
+        self._finish_reason = "error" if error is not None else completion.finish_reason or "abort"
+        if error is not None:
+            status = "failed"
+        else:
+            status = "finished" if self._finish_reason in ("stop", "length") else "aborted"
         self._final_record = NodeRecord(
             round=len(self._completed),
             index=0,
@@ -395,23 +493,36 @@ class RsaRun:
             parents=list(self._final_parents),
             seed=call.sampling.seed,
             max_tokens=call.sampling.max_tokens,
-            prompt_tokens=completion.prompt_tokens or len(call.prompt_ids),
+            prompt_tokens=completion.prompt_tokens if error is not None else completion.prompt_tokens or len(call.prompt_ids),
             completion_tokens=len(completion.token_ids),
             finish_reason=self._finish_reason,
-            status="finished" if self._finish_reason in ("stop", "length") else "aborted",
+            status=status,  # type: ignore[arg-type]
             text=completion.text,
             answer=extract_answer(completion.text),
+            error=error,
         )
 
-    def _result(self) -> RsaResult:
-        trace = [n.record() for n in self._nodes() if n.state in (NodeState.FINISHED, NodeState.ABORTED)]
+    def _trace(self) -> list[NodeRecord]:
+        """Every engine call that ended, finished, aborted or failed, in trace order."""
+        trace = [n.record() for n in self._nodes() if n.settled]
         if self._final_record is not None:
             trace.append(self._final_record)
-        usage = Usage(
+        return trace
+
+    @staticmethod
+    def _usage(trace: Sequence[NodeRecord]) -> Usage:
+        return Usage(
             prompt_tokens=sum(r.prompt_tokens for r in trace),
             completion_tokens=sum(r.completion_tokens for r in trace),
             reasoning_tokens=sum(r.completion_tokens for r in trace if r.kind != "final"),
         )
+
+    def _failed(self) -> list[FailedTrace]:
+        return [FailedTrace(n.round, n.index, n.error or "") for n in self._nodes() if n.failed]
+
+    def _result(self) -> RsaResult:
+        trace = self._trace()
+        usage = self._usage(trace)
         launched = [r for r, nodes in enumerate(self._rounds) if any(n.state is not NodeState.WAITING for n in nodes)]
         depth = max(launched) + 1 if launched else 0
         answers = [[n.answer if n.finished else None for n in self._rounds[r]] for r in range(depth)]
@@ -428,4 +539,5 @@ class RsaRun:
             answers=answers,
             answer=extract_answer(self._content),
             trace=trace,
+            failed=self._failed(),
         )

@@ -21,6 +21,8 @@ from rsa.events import (
     RsaEvent,
     RsaResult,
     RunCompleted,
+    RunFailed,
+    Usage,
 )
 from service import metrics
 from service.background import ClientDisconnected, pump, until_disconnect
@@ -118,8 +120,8 @@ def _context_error(exc: ContextTooLongError) -> APIError:
     return APIError(str(exc), param="messages", code="context_length_exceeded")
 
 
-def _usage(result: RsaResult) -> UsageInfo:
-    u = result.usage
+def _usage(result: RsaResult | RunFailed) -> UsageInfo:
+    u: Usage = result.usage
     return UsageInfo(
         prompt_tokens=u.prompt_tokens,
         completion_tokens=u.completion_tokens,
@@ -137,6 +139,8 @@ def _summary(result: RsaResult, with_trace: bool) -> dict:
         "final_mode": result.final_mode,
         "answer": result.answer,
         "answers": result.answers,
+        "degraded": result.degraded,
+        "failed": [dataclasses.asdict(f) for f in result.failed],
     }
     if with_trace:
         block["trace"] = [dataclasses.asdict(node) for node in result.trace]
@@ -154,6 +158,7 @@ def _progress(event: RsaEvent) -> dict | None:
                 "answer": event.answer,
                 "status": event.status,
                 "cut": event.cut,
+                **({"error": event.error} if event.error is not None else {}),
             }
         case RoundCompleted():
             return {"event": "round_completed", "round": event.round, "answers": event.answers}
@@ -229,9 +234,17 @@ async def _rsa_stream(
                         yield sse(chunks.usage(_usage(result).model_dump()))
                 elif (progress := _progress(event)) is not None:
                     yield sse(chunks.progress(progress))
-    except Exception as exc:  # the 200 is sent: the error travels as a chunk
+    except RunFailed as exc:  # the 200 is sent: the error travels as a chunk, with usage
+        _record_failure(exc)
+        yield sse({**_engine_error(exc).body(), "usage": _usage(exc).model_dump()})
+    except Exception as exc:
         yield sse_error(_stream_failure(exc))
     yield DONE
+
+
+def _record_failure(exc: RunFailed) -> None:
+    metrics.ENGINE_CALLS.inc(exc.calls)
+    metrics.GENERATED_TOKENS.inc(exc.usage.completion_tokens)
 
 
 def _record(result: RsaResult) -> None:
@@ -360,6 +373,10 @@ async def _guarded(request: Request, work):
     except ClientDisconnected:
         log.info("client disconnected; run cancelled")
         return Response(status_code=CLIENT_CLOSED)
+    except RunFailed as exc:  # an RSA run that failed: the envelope plus what it spent
+        _record_failure(exc)
+        body = {**_engine_error(exc).body(), "usage": _usage(exc).model_dump()}
+        return JSONResponse(body, status_code=exc.status)
     except EngineError as exc:
         return _engine_error(exc).response()
 

@@ -3,7 +3,7 @@ front of them (``--upstream`` x2), the real ``openai`` SDK as the client.
 
 Topology: replica A is reached directly, replica B through :class:`FaultyProxy` (latency,
 500s, 429s, connections cut mid-stream). The tests share the module-scoped cluster and run in
-file order: the last two kill the replicas.
+file order: the last three kill the replicas.
 
 Usage checks use ``ignore_eos``: every call then runs to exactly its ``max_tokens``, so a
 stream continued on another replica after a break must deliver exactly the missing tokens; a
@@ -227,6 +227,39 @@ def test_killing_a_replica_mid_run_still_completes(cluster: Cluster) -> None:
     assert continued >= 1, "no stream of replica A was continued elsewhere"
 
 
+def test_losing_every_replica_mid_run_answers_503_with_usage(cluster: Cluster) -> None:
+    """A is gone (previous test); kill B while the run streams on it: no replica can serve the
+    remaining traces, so the run fails with 503 and the usage of the tokens already spent."""
+    cluster.a.kill()
+    rsa = {"population": 2, "k": 1, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 200, "seed": 9}
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["out"] = rsa_run(cluster.server, rsa, timeout=120)
+        except openai.APIStatusError as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while cluster.b.running() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let B's traces stream some tokens first
+    assert cluster.b.running() > 0, "replica B never got a request"
+    cluster.b.kill()
+    worker.join(120)
+    assert not worker.is_alive(), "run did not end after losing every replica"
+    assert "error" in result, "the run completed without any replica"
+    exc = result["error"]
+    assert exc.status_code == 503
+    body = exc.response.json()
+    assert body["error"]["code"] == "upstream_unavailable"
+    assert "traces of round" in body["error"]["message"]
+    assert body["usage"]["completion_tokens"] > 0, body
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+
+
 def test_all_replicas_down_answers_an_error_quickly(cluster: Cluster) -> None:
     cluster.a.kill()
     cluster.b.kill()
@@ -244,5 +277,6 @@ def test_all_replicas_down_answers_an_error_quickly(cluster: Cluster) -> None:
     body = info.value.response.json()
     assert body["error"]["code"] == "upstream_unavailable"
     assert "upstream" in body["error"]["message"]
+    assert body["usage"]["completion_tokens"] == 0  # nothing could be generated
     # The server itself stays up.
     assert httpx.get(f"{cluster.server.url}/health", timeout=5).status_code == 200

@@ -66,7 +66,9 @@ async def test_cancelling_the_consumer_aborts_every_request() -> None:
 @pytest.mark.asyncio
 async def test_engine_errors_propagate_after_cleanup() -> None:
     def fail(req):
-        return EngineError("boom") if req.request_id == "e-r1-i2" else None
+        # Three of round 1's four traces fail: one survivor < k=2, so the run fails (a single
+        # failed trace would be replaced by a survivor: tests/unit/test_runner_failures.py).
+        return EngineError("boom") if req.request_id in ("e-r1-i1", "e-r1-i2", "e-r1-i3") else None
 
     engine = FakeEngine(delay=0.005, tokens_per_delta=1, error=fail)
     with pytest.raises(EngineError, match="boom"):
