@@ -1,6 +1,6 @@
-"""``mrsa bench``: P1 (HTTP service overhead) and P3 (dataflow vs rounds schedule).
+"""``mrsa bench``: P1 (HTTP service overhead), P2 (remote replicas) and P3 (dataflow vs rounds).
 
-Both run in one process on one embedded engine, so the comparisons share everything but the
+P1 and P3 run in one process on one embedded engine, so the comparisons share everything but the
 thing measured:
 
 - P1: the same fixed-length RSA schedule (``ignore_eos``: every trace exactly
@@ -8,6 +8,10 @@ thing measured:
   (uvicorn in this process, the client in a thread with its own connection). Goal: ratio <= 1.05.
 - P3: the dataflow and the round-synchronous schedule at natural lengths with the same seeds
   (so both generate the same traces). Goal: dataflow >= 1.25x faster. Reports tokens/s of both.
+- P2 (``mrsa bench p2 --upstream URL [--upstream URL ...]``): P1's fixed-length schedule through
+  the HTTP service (uvicorn in this process) over the remote engine, first against the first
+  upstream alone, then against all of them. Reports wall time and tokens/s of each. No embedded
+  engine is started: the upstreams are vLLM servers started beforehand.
 
 Results are printed and written as JSON to ``benchmarks/results/``.
 """
@@ -88,16 +92,21 @@ async def _in_thread(fn, *args):
     return result["value"]
 
 
+def _fixed_length_params() -> RsaParams:
+    """P1's and P2's schedule: every trace exactly ``trace_max_tokens`` (2400 tokens a run)."""
+    return RsaParams(
+        population=8, k=2, rounds=3, tail_tokens=48, trace_max_tokens=96,
+        selection="aggregate", ignore_eos=True, seed=1234, temperature=1.0,
+    )
+
+
 async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
     import uvicorn
 
     from service.app import create_app
     from service.settings import Settings
 
-    params = RsaParams(
-        population=8, k=2, rounds=3, tail_tokens=48, trace_max_tokens=96,
-        selection="aggregate", ignore_eos=True, seed=1234, temperature=1.0,
-    )
+    params = _fixed_length_params()
     settings = Settings(host="127.0.0.1", port=port)
     app = create_app(settings, engine_factory=lambda _: _Unclosable(engine))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -129,6 +138,52 @@ async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
         "ratio_http_over_direct": h.median / d.median,
         "goal": "<= 1.05",
     }
+
+
+async def bench_p2(upstreams: list[str], model: str, repeats: int, port: int) -> dict:
+    """P1's schedule through the service over the remote engine: 1 upstream, then all."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    params = _fixed_length_params()
+    out: dict = {"params": params.model_dump(), "upstreams": upstreams, "configs": []}
+    sets = [upstreams[:1], upstreams] if len(upstreams) > 1 else [upstreams]
+    for ups in sets:
+        settings = Settings(host="127.0.0.1", port=port, engine=EngineConfig(upstreams=ups, model=model))
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                serving.result()  # raises why the service could not start
+                raise RuntimeError("the service stopped before serving")
+            await asyncio.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        seconds: list[float] = []
+        tokens = 0
+        try:
+            # Blocking calls go to a thread: the server runs on this loop.
+            models = await _in_thread(lambda: httpx.get(f"{url}/v1/models", timeout=30).json())
+            name = models["data"][0]["id"]
+            await _in_thread(_http_run, url, name, params)  # warm-up
+            for i in range(repeats):
+                t0 = time.perf_counter()
+                body = await _in_thread(_http_run, url, name, params)
+                seconds.append(time.perf_counter() - t0)
+                tokens = body["usage"]["completion_tokens"]
+                console.log(f"P2 {len(ups)} upstream(s) run {i}: {seconds[-1]:.2f}s ({tokens} tokens)")
+        finally:
+            server.should_exit = True
+            await serving
+        t = Timing(f"{len(ups)} upstream(s)", seconds, tokens)
+        out["configs"].append(
+            asdict(t) | {"upstreams": ups, "median_s": t.median, "tokens_per_s": t.tokens_per_s}
+        )
+    if len(out["configs"]) > 1:
+        out["speedup_all_over_one"] = out["configs"][0]["median_s"] / out["configs"][-1]["median_s"]
+    return out
 
 
 class _Unclosable:
@@ -185,6 +240,15 @@ def _report(results: dict) -> None:
             f"{p1['direct']['tokens_per_s']:.0f} tok/s)",
             p1["goal"],
         )
+    if "p2" in results:
+        for c in results["p2"]["configs"]:
+            table.add_row(
+                f"P2 remote, {c['name']}",
+                f"{c['median_s']:.2f}s median of {len(c['seconds'])}, {c['tokens_per_s']:.1f} tok/s",
+                "-",
+            )
+        if "speedup_all_over_one" in results["p2"]:
+            table.add_row("P2 all / one upstream", f"{results['p2']['speedup_all_over_one']:.2f}x", "-")
     if "p3" in results:
         p3 = results["p3"]
         table.add_row(
@@ -197,6 +261,16 @@ def _report(results: dict) -> None:
 
 
 async def _main(args: argparse.Namespace) -> dict:
+    if args.which == "p2":
+        from engine.default_model import ensure_default_model
+
+        if not args.upstream:
+            raise SystemExit("mrsa bench p2 needs at least one --upstream URL")
+        model = args.model or str(ensure_default_model())
+        results: dict = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        results["p2"] = await bench_p2(args.upstream, model, args.repeats, args.port)
+        return results
+
     from engine.local import LocalEngine
 
     config = EngineConfig(
@@ -204,7 +278,7 @@ async def _main(args: argparse.Namespace) -> dict:
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
     engine = LocalEngine(config)
-    results: dict = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         if args.which in ("p1", "all"):
             results["p1"] = await bench_p1(engine, args.repeats, args.port)
@@ -217,7 +291,14 @@ async def _main(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mrsa bench", description=__doc__)
-    parser.add_argument("which", nargs="?", choices=["p1", "p3", "all"], default="all")
+    parser.add_argument(
+        "which", nargs="?", choices=["p1", "p2", "p3", "all"], default="all",
+        help="all = p1 and p3 (embedded engine); p2 needs --upstream",
+    )
+    parser.add_argument(
+        "--upstream", action="append", default=[],
+        help="p2: base URL of a vLLM server (repeat for more; p2 runs the first alone, then all)",
+    )
     parser.add_argument("--model", help="default: the embedded default model")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.35)
