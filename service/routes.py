@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from engine.base import Completion, Engine, EngineError, SamplingParams
-from rsa import ContextTooLongError, RsaParamError, RsaParams, RsaRun, check_context
+from rsa import ContextTooLongError, RsaParamError, RsaParams, RsaRun
 from rsa.events import (
     FinalDelta,
     FinalStarted,
@@ -172,11 +172,10 @@ async def _rsa_completion(
 ) -> Response:
     params = _rsa_params(body, _settings(request))
     messages = body.chat()
-    try:
-        check_context(engine.tokenizer, engine.max_model_len, messages, params)
+    try:  # the run checks that prompt + K*tau + template + trace tokens fit, before any work
+        run = RsaRun(engine, messages, params, run_id=chunks.id)
     except ContextTooLongError as exc:
         raise _context_error(exc) from None
-    run = RsaRun(engine, messages, params, run_id=chunks.id)
     metrics.RSA_RUNS.inc()
     if body.stream:
         return _sse_response(_rsa_stream(run, params, body, chunks))
