@@ -200,27 +200,34 @@ def test_faults_injected_by_the_proxy_are_survived(cluster: Cluster) -> None:
     assert CONTINUED.search(cluster.server.log.read_text()), "no stream was continued after a cut"
 
 
-def test_killing_a_replica_mid_run_still_completes(cluster: Cluster) -> None:
-    rsa = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 160, "seed": 7}
+def run_and_kill(server: Server, replica: Replica, rsa: dict, timeout: float) -> dict:
+    """Run ``rsa`` in a thread, SIGKILL ``replica`` once it has streamed for a second, wait.
+    Returns ``{"out": completion}`` or ``{"error": exception}``."""
     result: dict = {}
-    continued_before = len(CONTINUED.findall(cluster.server.log.read_text()))
 
     def run() -> None:
         try:
-            result["out"] = rsa_run(cluster.server, rsa)
-        except Exception as exc:  # reported below
+            result["out"] = rsa_run(server, rsa, timeout=timeout)
+        except Exception as exc:  # the caller asserts on it
             result["error"] = exc
 
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 60
-    while cluster.a.running() == 0 and time.monotonic() < deadline:
+    while replica.running() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(1.0)  # let A's traces stream some tokens first
-    assert cluster.a.running() > 0, "replica A never got a request"
-    cluster.a.kill()
-    worker.join(240)
-    assert not worker.is_alive(), "run did not finish after losing a replica"
+    time.sleep(1.0)  # let the replica's traces stream some tokens first
+    assert replica.running() > 0, "the replica never got a request"
+    replica.kill()
+    worker.join(timeout)
+    assert not worker.is_alive(), "the run did not end after losing a replica"
+    return result
+
+
+def test_killing_a_replica_mid_run_still_completes(cluster: Cluster) -> None:
+    rsa = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 160, "seed": 7}
+    continued_before = len(CONTINUED.findall(cluster.server.log.read_text()))
+    result = run_and_kill(cluster.server, cluster.a, rsa, timeout=240)
     assert "error" not in result, result.get("error")
     assert_exact_usage(result["out"], rsa)
     continued = len(CONTINUED.findall(cluster.server.log.read_text())) - continued_before
@@ -232,27 +239,10 @@ def test_losing_every_replica_mid_run_answers_503_with_usage(cluster: Cluster) -
     remaining traces, so the run fails with 503 and the usage of the tokens already spent."""
     cluster.a.kill()
     rsa = {"population": 2, "k": 1, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 200, "seed": 9}
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            result["out"] = rsa_run(cluster.server, rsa, timeout=120)
-        except openai.APIStatusError as exc:
-            result["error"] = exc
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 60
-    while cluster.b.running() == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # let B's traces stream some tokens first
-    assert cluster.b.running() > 0, "replica B never got a request"
-    cluster.b.kill()
-    worker.join(120)
-    assert not worker.is_alive(), "run did not end after losing every replica"
+    result = run_and_kill(cluster.server, cluster.b, rsa, timeout=120)
     assert "error" in result, "the run completed without any replica"
     exc = result["error"]
-    assert exc.status_code == 503
+    assert isinstance(exc, openai.APIStatusError) and exc.status_code == 503, exc
     body = exc.response.json()
     assert body["error"]["code"] == "upstream_unavailable"
     assert "traces of round" in body["error"]["message"]
