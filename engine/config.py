@@ -51,7 +51,7 @@ class EngineConfig(BaseModel):
         4, ge=1, description="Failed attempts in a row (no token gained) before a request fails."
     )
     upstream_retry_deadline_s: float = Field(
-        30.0, gt=0, description="Time without progress after which a request stops retrying."
+        30.0, gt=0, description="Time spent retrying since the last token before a request fails."
     )
     upstream_backoff_s: float = Field(0.1, ge=0, description="First retry backoff (full jitter).")
     upstream_backoff_max_s: float = Field(2.0, ge=0, description="Largest retry backoff.")

@@ -138,7 +138,7 @@ class _Trace:
     delivered_text: str = ""
     avoid: set = field(default_factory=set)  # replicas that failed this trace
     failures_since_progress: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
+    retrying_since: float = 0.0  # first failure since the last token (0: not retrying)
     task: asyncio.Task | None = None
     aborted: bool = False
     done: bool = False
@@ -405,7 +405,7 @@ class RemoteEngine:
     def _stop(self, trace: _Trace) -> bool:
         return (
             trace.failures_since_progress >= self._attempts()
-            or time.monotonic() - trace.last_progress > self._cfg.upstream_retry_deadline_s
+            or time.monotonic() - trace.retrying_since > self._cfg.upstream_retry_deadline_s
         )
 
     def _attempts(self) -> int:
@@ -512,7 +512,6 @@ class RemoteEngine:
                             got += len(ids)
                             trace.push(GenerationDelta(ids, text, prompt_tokens=prompt_tokens))
                             trace.failures_since_progress = 0
-                            trace.last_progress = time.monotonic()
                     usage = chunk.get("usage")
                     if usage and usage.get("prompt_tokens") not in (None, len(body["prompt"])):
                         log.warning(
@@ -544,11 +543,12 @@ class RemoteEngine:
 
     def _failed(self, trace: _Trace, replica: Replica, exc: _Retryable, got: int) -> None:
         trace.avoid.add(replica)
-        if not got:
-            trace.failures_since_progress += 1
-        else:
-            trace.failures_since_progress = 1
-            trace.last_progress = time.monotonic()
+        # The retry deadline counts time spent retrying since the last token, not the wait for
+        # a first token: a request queued long on a busy replica still deserves its retries.
+        if got or not trace.failures_since_progress:
+            trace.failures_since_progress = 0
+            trace.retrying_since = time.monotonic()
+        trace.failures_since_progress += 1
         if exc.retry_after is not None:
             replica.not_before = time.monotonic() + min(exc.retry_after, self._cfg.upstream_retry_after_max_s)
             return  # busy, not broken
