@@ -59,6 +59,8 @@ def ask(url: str, question: str, rsa: dict, *, model: str | None = None) -> int:
                         console.print(f"[red]error:[/red] {chunk['error']['message']}")
                         return 1
                     event = chunk.get("rsa")
+                    if event and event.get("event") == "run_started":
+                        population = event["population"]  # the server's default if not given
                     if event and event.get("event") == "node_finished":
                         r = event["round"]
                         if r not in rounds:

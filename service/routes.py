@@ -212,6 +212,11 @@ async def _rsa_completion(
 async def _rsa_stream(
     run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory
 ) -> AsyncIterator[str]:
+    # Open the stream at once (clients see headers and the run's shape before any trace ends).
+    yield sse(chunks.progress({
+        "event": "run_started", "seed": run.seed, "population": params.population,
+        "k": params.k, "rounds": params.rounds,
+    }))
     started = False
     try:
         async with aclosing(pump(run.events())) as events:

@@ -69,6 +69,7 @@ async def test_rsa_stream_is_parsed_by_the_sdk(engine_and_client) -> None:
         if chunk.choices:
             content += chunk.choices[0].delta.content or ""
         usage = chunk.usage or usage
+    assert events[0] == "run_started"
     assert events.count("node_finished") == 8 and events.count("round_completed") == 2
     assert events.index("final_started") > max(i for i, e in enumerate(events) if e == "node_finished")
     assert events[-1] == "run_completed"
