@@ -20,9 +20,9 @@ T = TypeVar("T")
 _END = object()
 
 
-async def pump(events: AsyncIterator[T], *, buffer: int = 0) -> AsyncIterator[T]:
+async def pump(events: AsyncIterator[T]) -> AsyncIterator[T]:
     """Yield ``events`` as produced by a background task; closing this generator cancels it."""
-    queue: asyncio.Queue = asyncio.Queue(buffer)
+    queue: asyncio.Queue = asyncio.Queue()
 
     async def produce() -> None:
         try:
