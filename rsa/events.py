@@ -117,6 +117,11 @@ class NodeStarted:
 
 @dataclass(frozen=True)
 class NodeFinished:
+    """A trace's request ended. ``record`` is everything the run keeps of it (its tail, answer,
+    token counts and effective parents): a checkpoint from which
+    :class:`~rsa.runner.RsaRun` can resume (``resume=``) without redoing the node.
+    ``elapsed_s`` is the run's wall-clock age when it ended (pre-resume time included)."""
+
     round: int
     index: int
     completion_tokens: int
@@ -124,6 +129,8 @@ class NodeFinished:
     status: NodeStatus
     cut: bool
     error: str | None = None  # set when status == "failed"
+    record: NodeRecord | None = None
+    elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@
                                  \\--abort()---> ABORTED
                                  \\--fail()----> FAILED   (its engine request raised EngineError)
 
+    WAITING --restore()--> FINISHED | FAILED      (from a checkpoint: no engine call)
+
 A node is one engine request. Its completion is accumulated while it streams, so a node aborted
 at the deadline still knows how many tokens it generated (they count in usage and budget).
 """
@@ -43,6 +45,7 @@ class Node:
     answer: str | None = None
     error: str | None = None  # why the engine request failed
     planned: list[int] = field(default_factory=list)  # the plan's parents, before substitution
+    restored: NodeRecord | None = None  # the checkpoint this node was restored from
 
     def __post_init__(self) -> None:
         if not self.planned:
@@ -85,9 +88,36 @@ class Node:
         assert self.state is NodeState.RUNNING, self.state
         self.state, self.error = NodeState.FAILED, error
 
+    def restore(self, record: NodeRecord) -> None:
+        """Settle a waiting node from a checkpoint of an earlier process: it counts as
+        finished (or failed) without an engine call. Only the text and the counts are kept,
+        so :meth:`record` returns the checkpoint itself."""
+        assert self.state is NodeState.WAITING, self.state
+        if record.kind != "trace" or record.status not in ("finished", "failed"):
+            raise ValueError(f"cannot restore a {record.kind} record with status {record.status}")
+        if record.seed != self.seed:
+            raise ValueError(
+                f"checkpoint of node ({self.round}, {self.index}) has seed {record.seed}, the plan "
+                f"says {self.seed}: it belongs to another run"
+            )
+        self.parents = list(record.parents)
+        self.max_tokens = record.max_tokens
+        self.completion = Completion(
+            text=record.text, finish_reason=record.finish_reason, prompt_tokens=record.prompt_tokens  # type: ignore[arg-type]
+        )
+        self.restored = record
+        if record.status == "failed":
+            self.state, self.error = NodeState.FAILED, record.error or "failed before a restart"
+        else:
+            self.state = NodeState.FINISHED
+            self.tail = Tail(record.tail_text, record.tail_tokens, record.cut)
+            self.answer = record.answer
+
     def record(self) -> NodeRecord:
         """The trace entry of this node (only for nodes that were launched)."""
         assert self.settled, self.state
+        if self.restored is not None:
+            return self.restored
         tail = self.tail
         if self.failed:  # the engine's count only: a request refused at once cost no prompt
             prompt_tokens = self.completion.prompt_tokens

@@ -18,6 +18,13 @@ Whatever ends the iteration (normal end, engine error, ``aclose()``, cancellatio
 ``finally`` of :meth:`RsaRun.events` aborts every engine request still in flight: the service
 relies on it to free the engine when a client disconnects.
 
+Resuming. Every :class:`~rsa.events.NodeFinished` carries the node's
+:class:`~rsa.events.NodeRecord`, a complete checkpoint (tail, answer, token counts, effective
+parents, seed). ``RsaRun(..., resume=records, elapsed_s=...)`` rebuilds the same plan from the
+same seed and settles those nodes without engine calls, so a run interrupted by a crash
+continues where it was, redoing only what was in flight; budget, usage and the deadline count
+the work done before (see :meth:`RsaRun._restore`).
+
 Failures. A trace whose engine request raises :class:`~engine.base.EngineError` (for the
 remote engine: after its retries and fail-over, i.e. no replica could serve it) does not end the
 run: it becomes a *failed* node (the tokens it delivered count in usage and budget) and the run
@@ -109,6 +116,8 @@ class RsaRun:
         *,
         run_id: str,
         clock: Callable[[], float] = time.monotonic,
+        resume: Sequence[NodeRecord] = (),
+        elapsed_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
@@ -144,6 +153,8 @@ class RsaRun:
         self._final_record: NodeRecord | None = None
         self._content = ""
         self._finish_reason = "stop"
+        self._elapsed0 = elapsed_s
+        self._restore(resume)
 
     # ------------------------------------------------------------------------ the event stream
 
@@ -152,7 +163,7 @@ class RsaRun:
         if self._started:
             raise RuntimeError("an RsaRun can be iterated only once")
         self._started = True
-        self._t0 = self.clock()
+        self._t0 = self.clock() - self._elapsed0
         try:
             self._launch_ready()
             while True:
@@ -185,6 +196,34 @@ class RsaRun:
             yield RunCompleted(self._result())
         finally:
             await self._cleanup()
+
+    # ------------------------------------------------------------------------ resuming
+
+    def _restore(self, records: Sequence[NodeRecord]) -> None:
+        """Settle the nodes an earlier process finished, from their checkpoints.
+
+        The plan (parents and seeds) is drawn from the seed alone, so the same seed and
+        parameters rebuild the same graph; each checkpoint brings back a node's tail, answer,
+        token counts and effective parents. Their tokens count against the budget and in
+        usage, rounds they complete count as completed (consensus included), and no event
+        is emitted for them: the earlier process reported them already. Aborted traces and
+        the final call are not restored: they are redone. Resuming with the nodes reported
+        by :class:`NodeFinished` events therefore redoes at most the nodes in flight."""
+        for record in records:
+            if record.kind != "trace" or record.status == "aborted":
+                continue
+            if not (0 <= record.round < self.params.rounds and 0 <= record.index < self.params.population):
+                raise ValueError(f"checkpoint of node ({record.round}, {record.index}) is outside the plan")
+            node = self._rounds[record.round][record.index]
+            if node.state is not NodeState.WAITING:
+                raise ValueError(f"two checkpoints of node ({record.round}, {record.index})")
+            node.restore(record)
+            self.budget.generated += record.completion_tokens
+            if node.failed:
+                self._errors[node.round] = EngineError(node.error or "failed before a restart")
+        for r in range(self.params.rounds):
+            self._check_round(r)
+        self._queue.clear()
 
     # ------------------------------------------------------------------------ scheduling
 
@@ -349,6 +388,8 @@ class RsaRun:
                 status=node.state.value,  # type: ignore[arg-type]
                 cut=node.tail.cut if node.tail else False,
                 error=node.error,
+                record=node.record(),
+                elapsed_s=self.clock() - self._t0,
             )
         )
         if node.finished or node.failed:
