@@ -1,4 +1,4 @@
-"""``mrsa``: serve the API, ask it a question with live progress, provision the model, bench.
+"""``mrsa``: serve the API, ask it a question with live progress, provision the model, bench, eval.
 
 Flags override ``MRSA_*`` environment variables, which override the defaults in
 service/settings.py.
@@ -80,6 +80,12 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from benchmarks.eval.cli import main as eval_main
+
+    return eval_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks P1 (HTTP overhead) and P3 (dataflow vs rounds)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
+
+    from benchmarks.eval.cli import add_arguments as eval_arguments
+
+    evaluate = sub.add_parser("eval", help="accuracy of single sample, majority vote and RSA on a dataset")
+    eval_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
     return parser
 
 

@@ -1,0 +1,140 @@
+"""One RSA run as a stream of progress-event dicts, from a service or from an engine.
+
+Both backends yield the dicts the service sends in its SSE chunks' ``rsa`` field
+(``run_started``, ``node_started``, ``node_finished``, ``round_completed``, ``final_started``),
+then one ``run_completed`` dict carrying ``answer``, ``stop_reason``, ``rounds_completed`` and
+``usage``. The evaluation reads the population's answers per round from ``node_finished``
+events, so what it scores is exactly what a client of the service sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Protocol
+
+import httpx
+
+from engine.base import Engine
+from rsa import RsaParams, RsaRun
+from rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RunCompleted
+
+
+class RunError(Exception):
+    """A run ended with an error instead of a result (an error chunk, or an HTTP error)."""
+
+
+class Backend(Protocol):
+    model: str
+
+    def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]: ...
+
+
+def _rsa_body(params: RsaParams) -> dict:
+    return params.model_dump(exclude_none=True, exclude_defaults=True) | {
+        # always explicit, so the server's defaults cannot change the configuration
+        k: getattr(params, k)
+        for k in ("population", "k", "rounds", "tail_tokens", "trace_max_tokens", "selection", "temperature")
+    }
+
+
+class HttpBackend:
+    """Runs through ``POST /v1/chat/completions`` with ``stream: true`` on a running service."""
+
+    def __init__(
+        self, url: str, model: str | None = None, api_key: str | None = None, timeout: float = 30.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = client or httpx.AsyncClient(
+            base_url=url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout, read=None)
+        )
+        self.model = model or ""
+
+    async def resolve_model(self) -> str:
+        if not self.model:
+            response = await self.client.get("/v1/models")
+            response.raise_for_status()
+            self.model = response.json()["data"][0]["id"]
+        return self.model
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
+        body = {
+            "model": await self.resolve_model(),
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "rsa": _rsa_body(params),
+        }
+        completed: dict | None = None
+        async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise RunError(f"HTTP {response.status_code}: {response.text[:500]}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RunError(chunk["error"].get("message", "error chunk"))
+                event = chunk.get("rsa")
+                if event is not None:
+                    if event.get("event") == "run_completed":
+                        completed = dict(event)  # usage follows in its own chunk
+                    else:
+                        yield event
+                if chunk.get("usage") and completed is not None:
+                    completed["usage"] = chunk["usage"]
+        if completed is None:
+            raise RunError("the stream ended without run_completed")
+        yield completed
+
+
+def progress_dict(event: object) -> dict | None:
+    """An :mod:`rsa.events` event as the service's progress dict (None for content deltas)."""
+    match event:
+        case NodeStarted():
+            return {"event": "node_started", "round": event.round, "index": event.index, "parents": event.parents}
+        case NodeFinished():
+            return {
+                "event": "node_finished", "round": event.round, "index": event.index,
+                "tokens": event.completion_tokens, "answer": event.answer, "status": event.status,
+                "cut": event.cut,
+            }
+        case RoundCompleted():
+            return {"event": "round_completed", "round": event.round, "answers": event.answers}
+        case FinalStarted():
+            return {"event": "final_started", "mode": event.mode, "parents": event.parents}
+        case RunCompleted():
+            r = event.result
+            return {
+                "event": "run_completed", "answer": r.answer, "stop_reason": r.stop_reason,
+                "rounds_completed": r.rounds_completed, "seed": r.seed,
+                "usage": {
+                    "prompt_tokens": r.usage.prompt_tokens,
+                    "completion_tokens": r.usage.completion_tokens,
+                },
+            }
+    return None
+
+
+class EngineBackend:
+    """Runs :class:`rsa.RsaRun` in-process on an engine (the embedded vLLM engine, or a fake)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.model = engine.model_name
+
+    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
+        yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds}
+        async with aclosing(RsaRun(self.engine, messages, params, run_id=run_id).events()) as events:
+            async for event in events:
+                if (d := progress_dict(event)) is not None:
+                    yield d

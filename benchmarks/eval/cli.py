@@ -1,0 +1,95 @@
+"""``mrsa eval``: the command line. Kept import-light: ``mrsa --help`` loads only this."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+DEFAULT_CONFIGS = ["single", "majority:n=8", "rsa:n=4,k=2,t=2"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="a running service (e.g. http://127.0.0.1:8000); default: the embedded engine in-process")
+    p.add_argument("--api-key", help="bearer token for --url")
+    p.add_argument("--model", help="--url: the served model (default: its only one); embedded: checkpoint (default model)")
+    p.add_argument("--dataset", default="arithmetic", help="'arithmetic' (generated) or a JSONL file with question/answer")
+    p.add_argument("--size", type=int, default=30, help="problems to generate, or the first SIZE of the JSONL (0 = all)")
+    p.add_argument("--difficulty", type=int, default=1, help="arithmetic: operations per problem")
+    p.add_argument(
+        "--config", action="append", dest="configs", metavar="SPEC",
+        help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate] "
+        f"(default: {' '.join(DEFAULT_CONFIGS)})",
+    )
+    p.add_argument("--tail-tokens", type=int, default=64, help="tau of every config (rsa: tau= overrides)")
+    p.add_argument("--trace-max-tokens", type=int, default=256, help="max new tokens of one trace")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the dataset and every run")
+    p.add_argument("--concurrency", type=int, default=4, help="runs in flight at once")
+    p.add_argument("--max-model-len", type=int, default=4096, help="embedded engine context")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="embedded engine")
+    p.add_argument("--out", help=f"output folder for results.json and plot.png (default: {RESULTS}/eval-<time>)")
+
+
+def _problems(args: argparse.Namespace) -> list:
+    from benchmarks.eval.datasets import arithmetic, load_jsonl
+
+    if args.dataset == "arithmetic":
+        return arithmetic(args.size, args.difficulty, args.seed)
+    return load_jsonl(args.dataset, limit=args.size or None)
+
+
+async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict) -> dict:
+    from benchmarks.eval.backends import EngineBackend, HttpBackend
+    from benchmarks.eval.runner import evaluate
+
+    if args.url:
+        backend = HttpBackend(args.url, model=args.model, api_key=args.api_key)
+        try:
+            await backend.resolve_model()
+            return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency, meta=meta)
+        finally:
+            await backend.aclose()
+    from engine import create_engine
+    from engine.config import EngineConfig
+
+    engine = create_engine(EngineConfig(
+        model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+    ))
+    try:
+        return await evaluate(EngineBackend(engine), configs, problems, seed=args.seed, concurrency=args.concurrency, meta=meta)
+    finally:
+        getattr(engine, "shutdown", lambda: None)()
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from benchmarks.eval.report.plot import plot
+    from benchmarks.eval.report.table import results_table
+    from benchmarks.eval.runner import parse_config
+
+    defaults = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
+    try:
+        configs = [parse_config(s, defaults) for s in (args.configs or DEFAULT_CONFIGS)]
+        problems = _problems(args)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"mrsa eval: {exc}") from None
+    dataset = f"arithmetic d={args.difficulty}" if args.dataset == "arithmetic" else Path(args.dataset).name
+    meta = {"dataset": dataset, "backend": args.url or "embedded", "options": {
+        k: v for k, v in vars(args).items() if k not in ("func", "command", "api_key")
+    }}
+    t0 = time.perf_counter()
+    results = asyncio.run(_run(args, configs, problems, meta))
+    results["meta"]["wall_s"] = time.perf_counter() - t0
+    out = Path(args.out) if args.out else RESULTS / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "plot.png")
+    console = Console()
+    console.print(results_table(results))
+    console.print(f"results: {out / 'results.json'}\nplot:    {out / 'plot.png'}")
+    return 0

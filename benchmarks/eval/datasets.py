@@ -1,0 +1,101 @@
+"""Problems to evaluate: JSONL files with ``question`` and ``answer``, or generated arithmetic.
+
+The generator exists because the embedded default model (135M parameters) scores near zero on
+competition math: short arithmetic word problems, with the number of steps as the difficulty,
+are where such a model is neither always right nor always wrong, which is where test-time
+methods can show a difference. Same (size, difficulty, seed), same problems, on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTRUCTION = "Put the final answer in \\boxed{}."
+_BOXED = re.compile(r"^\s*\\boxed\s*\{(.*)\}\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str  # the gold answer, without \boxed{}
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat the model sees: the question, asked for a boxed answer unless it already is."""
+        content = self.question if "boxed" in self.question else f"{self.question}\n{INSTRUCTION}"
+        return [{"role": "user", "content": content}]
+
+
+def _unboxed(answer: str) -> str:
+    match = _BOXED.match(answer)
+    return match.group(1).strip() if match else answer.strip()
+
+
+def load_jsonl(path: str | Path, limit: int | None = None) -> list[Problem]:
+    """Problems from a JSONL file: one object per line with ``question`` (or ``problem``) and
+    ``answer`` (a number, an expression, or ``\\boxed{...}``); ``id`` is optional."""
+    problems: list[Problem] = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            question = row.get("question", row.get("problem"))
+            if question is None or "answer" not in row:
+                raise ValueError(f"{path}:{lineno}: needs 'question' (or 'problem') and 'answer'")
+            problems.append(
+                Problem(str(row.get("id", lineno)), str(question), _unboxed(str(row["answer"])))
+            )
+            if limit is not None and len(problems) >= limit:
+                break
+    return problems
+
+
+_NAMES = [("Ava", "she", "her"), ("Ben", "he", "him"), ("Chloe", "she", "her"), ("Dev", "he", "him"),
+          ("Emma", "she", "her"), ("Finn", "he", "him"), ("Grace", "she", "her"), ("Hugo", "he", "him"),
+          ("Iris", "she", "her"), ("Jack", "he", "him"), ("Lena", "she", "her"), ("Omar", "he", "him")]
+_ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards"]
+
+
+def _step(rng: random.Random, value: int, hi: int) -> tuple[str, int]:
+    """One operation on the running count, as a sentence, and the new count (never negative,
+    divisions exact)."""
+    ops = ["add", "sub", "mul"] + (["div"] if value >= 4 else [])
+    op = rng.choice(ops)
+    if op == "add":
+        b = rng.randint(2, hi)
+        return rng.choice(["Then {p} buys {b} more.", "A friend gives {p2} {b} more."]).replace("{b}", str(b)), value + b
+    if op == "sub" and value > 1:
+        b = rng.randint(1, min(value - 1, hi))
+        return rng.choice(["Then {p} gives away {b}.", "Then {p} loses {b}."]).replace("{b}", str(b)), value - b
+    if op == "div":
+        divisors = [d for d in (2, 3, 4, 5) if value % d == 0]
+        if divisors:
+            d = rng.choice(divisors)
+            return f"Then {{p}} splits them into {d} equal piles and keeps one pile.", value // d
+    m = rng.randint(2, 3 if hi < 30 else 5)
+    return f"Then {{p}} gets {m} times as many.", value * m
+
+
+def arithmetic(size: int, difficulty: int = 1, seed: int = 0) -> list[Problem]:
+    """``size`` word problems of ``difficulty`` operations each (1 = one addition or
+    subtraction-level step on small numbers; larger = more steps and larger numbers)."""
+    if size < 1 or difficulty < 1:
+        raise ValueError("size and difficulty must be >= 1")
+    rng = random.Random(f"arithmetic:{difficulty}:{seed}")
+    hi = 10 * difficulty + 10
+    problems = []
+    for i in range(size):
+        (name, pronoun, obj), item = rng.choice(_NAMES), rng.choice(_ITEMS)
+        value = rng.randint(3, hi)
+        sentences = [f"{name} has {value} {item}."]
+        for _ in range(difficulty):
+            sentence, value = _step(rng, value, hi)
+            sentences.append(sentence.replace("{p2}", obj).replace("{p}", pronoun))
+        sentences.append(f"How many {item} does {name} have now?")
+        problems.append(Problem(f"arith-d{difficulty}-s{seed}-{i}", " ".join(sentences), str(value)))
+    return problems

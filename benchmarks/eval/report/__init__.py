@@ -1,0 +1,1 @@
+"""Reporting of evaluation results: a console table and a PNG plot."""

@@ -1,0 +1,183 @@
+"""Configurations, the run loop, and the results document.
+
+A configuration is an :class:`~rsa.RsaParams`: single sampling is N=1, T=1; majority voting
+over N samples is N, K=1, T=1 with ``selection: majority``; RSA is N, K, T, tau. Expressing all
+three as RSA runs means they share one code path, one token accounting and one event stream,
+and with the same per-problem seed they share their first-round samples too (the plan derives
+every trace's seed from the run seed, round and index), which makes the comparison paired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmarks.eval.backends import Backend, RunError
+from benchmarks.eval.datasets import Problem
+from benchmarks.eval.grading import is_correct
+from benchmarks.eval.scoring import RoundScore, score_rounds, summarize
+from rsa import RsaParams
+
+_KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
+         "sel": "selection", "temp": "temperature", "final": "final_max_tokens"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    name: str
+    params: RsaParams
+
+
+def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
+    """``single``, ``majority:n=8`` or ``rsa:n=4,k=2,t=2,tau=64`` (also ``max=`` trace tokens,
+    ``sel=`` selection, ``temp=``, ``final=`` final tokens, ``name=``). ``defaults`` fills the
+    rest (tail_tokens, trace_max_tokens, temperature...)."""
+    kind, _, rest = spec.partition(":")
+    opts: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or (key not in _KEYS and key != "name"):
+            raise ValueError(f"bad config item {item!r} in {spec!r} (keys: {', '.join([*_KEYS, 'name'])})")
+        opts[key] = value
+    values: dict = dict(defaults or {})
+    if kind == "single":
+        values.update(population=1, k=1, rounds=1, selection="majority")
+    elif kind == "majority":
+        values.update(population=int(opts.pop("n", 8)), k=1, rounds=1, selection="majority")
+    elif kind == "rsa":
+        values.setdefault("selection", "majority")
+    else:
+        raise ValueError(f"unknown config kind {kind!r}: single, majority or rsa")
+    name = opts.pop("name", None)
+    for key, value in opts.items():
+        field_name = _KEYS[key]
+        values[field_name] = value if field_name == "selection" else (float(value) if key == "temp" else int(value))
+    if kind == "rsa":
+        values.setdefault("k", min(2, values.get("population", 4)))
+    params = RsaParams(**values)
+    if name is None:
+        p = params
+        name = {"single": "single", "majority": f"majority@{p.population}"}.get(
+            kind, f"rsa N={p.population} K={p.k} T={p.rounds}"
+        )
+    return EvalConfig(name, params)
+
+
+@dataclass
+class RunRecord:
+    """One problem under one configuration, as seen through its progress events."""
+
+    problem: str
+    gold: str
+    seed: int
+    answers: list[list[str | None]] = field(default_factory=list)  # per round, per index
+    round_tokens: list[int] = field(default_factory=list)  # trace tokens per round
+    final_answer: str | None = None
+    final_correct: bool = False
+    completion_tokens: int = 0  # every call, the final one included
+    stop_reason: str | None = None
+    wall_s: float = 0.0
+    error: str | None = None
+    scores: list[RoundScore] = field(default_factory=list)
+
+    def observe(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "node_finished":
+            r, i = event["round"], event["index"]
+            while len(self.answers) <= r:
+                self.answers.append([])
+                self.round_tokens.append(0)
+            self.round_tokens[r] += event.get("tokens", 0)
+            if event.get("status", "finished") == "finished":
+                row = self.answers[r]
+                row.extend([None] * (i + 1 - len(row)))
+                row[i] = event.get("answer")
+        elif kind == "run_completed":
+            self.final_answer = event.get("answer")
+            self.stop_reason = event.get("stop_reason")
+            self.completion_tokens = (event.get("usage") or {}).get("completion_tokens", sum(self.round_tokens))
+
+
+async def run_one(backend: Backend, config: EvalConfig, problem: Problem, seed: int, on_event: Callable[[dict], None] | None = None) -> RunRecord:
+    params = config.params.model_copy(update={"seed": seed})
+    record = RunRecord(problem=problem.id, gold=problem.answer, seed=seed)
+    t0 = time.perf_counter()
+    try:
+        async for event in backend.run(problem.messages(), params, f"eval-{problem.id}-{seed}"):
+            record.observe(event)
+            if on_event is not None:
+                on_event(event)
+    except RunError as exc:
+        record.error = str(exc)
+    record.wall_s = time.perf_counter() - t0
+    if record.error is None:
+        record.scores = score_rounds(record.answers, record.round_tokens, problem.answer)
+        record.final_correct = is_correct(record.final_answer, problem.answer)
+    return record
+
+
+async def run_config(
+    backend: Backend, config: EvalConfig, problems: Sequence[Problem], *, seed: int, concurrency: int,
+    progress: Progress | None = None,
+) -> dict:
+    """Every problem under one configuration, ``concurrency`` runs at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    task = progress.add_task(config.name, total=len(problems), acc="") if progress else None
+    done: list[RunRecord] = []
+
+    async def one(i: int, problem: Problem) -> RunRecord:
+        async with gate:
+            record = await run_one(backend, config, problem, seed * 100_000 + i)
+        done.append(record)
+        if progress is not None and task is not None:
+            ok = [r for r in done if r.scores]
+            acc = sum(r.scores[-1].majority for r in ok) / len(done)
+            progress.update(task, advance=1, acc=f"maj {acc:.2f}")
+        return record
+
+    t0 = time.perf_counter()
+    records = await asyncio.gather(*(one(i, p) for i, p in enumerate(problems)))
+    wall = time.perf_counter() - t0
+    ok = [r for r in records if r.error is None]
+    summary = summarize([r.scores for r in ok], [r.final_correct for r in ok], [r.completion_tokens for r in ok], len(records) - len(ok))
+    return {
+        "name": config.name,
+        "params": config.params.model_dump(exclude={"seed"}),
+        "rounds": [asdict(m) for m in summary.rounds],
+        "final_accuracy": summary.final_accuracy,
+        "tokens_mean": summary.tokens_mean,
+        "tokens_total": sum(r.completion_tokens for r in ok),
+        "errors": summary.errors,
+        "wall_s": wall,
+        "runs": [asdict(r) for r in records],
+    }
+
+
+async def evaluate(
+    backend: Backend, configs: Sequence[EvalConfig], problems: Sequence[Problem], *, seed: int = 0,
+    concurrency: int = 4, console: Console | None = None, meta: dict | None = None,
+) -> dict:
+    """Every configuration in turn over the same problems; the results document."""
+    resolve = getattr(backend, "resolve_model", None)
+    if resolve is not None:  # a service: ask it which model it serves
+        await resolve()
+    progress = Progress(
+        TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"),
+        TimeElapsedColumn(), console=console or Console(stderr=True),
+    )
+    results = {
+        "meta": {"model": backend.model, "problems": len(problems), "seed": seed, "concurrency": concurrency,
+                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(meta or {})},
+        "configs": [],
+    }
+    with progress:
+        for config in configs:
+            results["configs"].append(
+                await run_config(backend, config, problems, seed=seed, concurrency=concurrency, progress=progress)
+            )
+    return results

@@ -1,0 +1,217 @@
+"""``mrsa eval``: datasets, grading, scoring, configurations, and the runner over the fake
+engine, in-process and through the HTTP service (both must see the same populations)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.eval.backends import EngineBackend, HttpBackend
+from benchmarks.eval.datasets import Problem, arithmetic, load_jsonl
+from benchmarks.eval.grading import is_correct
+from benchmarks.eval.runner import evaluate, parse_config
+from benchmarks.eval.scoring import RoundScore, score_rounds, summarize
+from rsa import RsaRun
+from service.app import create_app
+from service.settings import Settings
+from tests.fakes import FakeEngine, FakeRequest, collect
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _solve(question: str) -> int:
+    """An independent reading of a generated problem, to check the generator's answers."""
+    value = int(re.search(r"has (\d+) ", question).group(1))
+    for sentence in question.split(". ")[1:]:
+        n = re.search(r"(\d+)", sentence)
+        if "more" in sentence:
+            value += int(n.group(1))
+        elif "gives away" in sentence or "loses" in sentence:
+            value -= int(n.group(1))
+        elif "times as many" in sentence:
+            value *= int(n.group(1))
+        elif "equal piles" in sentence:
+            value //= int(n.group(1))
+    return value
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 4])
+def test_arithmetic_problems_are_seeded_and_their_answers_right(difficulty: int) -> None:
+    problems = arithmetic(20, difficulty, seed=3)
+    assert problems == arithmetic(20, difficulty, seed=3)
+    assert problems != arithmetic(20, difficulty, seed=4)
+    for p in problems:
+        assert p.question.count("Then") + p.question.count("A friend") == difficulty
+        assert int(p.answer) == _solve(p.question) >= 0
+        assert p.messages()[0]["content"].endswith("\\boxed{}.")
+
+
+def test_arithmetic_rejects_empty_sizes() -> None:
+    with pytest.raises(ValueError):
+        arithmetic(0)
+
+
+def test_jsonl_unboxes_answers_and_names_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "aime.jsonl"
+    path.write_text(
+        json.dumps({"id": "p1", "problem": "Find x. Put it in \\boxed{}.", "answer": "\\boxed{204}"}) + "\n\n"
+        + json.dumps({"question": "What is 2+2?", "answer": 4}) + "\n"
+    )
+    problems = load_jsonl(path)
+    assert problems == [Problem("p1", "Find x. Put it in \\boxed{}.", "204"), Problem("3", "What is 2+2?", "4")]
+    assert problems[0].messages()[0]["content"] == "Find x. Put it in \\boxed{}."  # not asked twice
+    assert load_jsonl(path, limit=1) == problems[:1]
+    path.write_text(json.dumps({"question": "no answer"}) + "\n")
+    with pytest.raises(ValueError, match=":1:"):
+        load_jsonl(path)
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold", "expected"),
+    [
+        ("0.5", "1/2", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("x = 7", "7", True),
+        ("1,000", "1000", True),
+        ("8", "7", False),
+        (None, "7", False),
+        ("  ", "7", False),
+        ("Paris", "paris", True),
+        ("\\text{Paris}", "London", False),
+    ],
+)
+def test_grading_uses_math_equivalence(predicted: str | None, gold: str, expected: bool) -> None:
+    assert is_correct(predicted, gold) is expected
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_round_scores_follow_the_paper_metrics() -> None:
+    scores = score_rounds([["7", "8", "7", None], ["8", "8", "9", "8"]], [40, 60], "7")
+    assert scores[0] == RoundScore(round=1, pass1=0.5, majority=True, pass_n=True, tokens=40)
+    assert scores[1] == RoundScore(round=2, pass1=0.0, majority=False, pass_n=False, tokens=100)
+
+
+def test_summary_carries_early_stops_forward_and_counts_errors_as_wrong() -> None:
+    full = score_rounds([["7", "7"], ["7", "7"]], [10, 10], "7")
+    early = score_rounds([["7", "7"]], [10], "7")  # e.g. stopped on consensus after round 1
+    summary = summarize([full, early], finals=[True, True], tokens=[20, 10], errors=1)
+    assert [m.pass1 for m in summary.rounds] == [pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    assert [m.runs for m in summary.rounds] == [2, 1]
+    assert summary.rounds[1].tokens == 15  # the early run spent nothing more
+    assert summary.final_accuracy == pytest.approx(2 / 3) and summary.errors == 1
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+def test_configs_express_single_majority_and_rsa() -> None:
+    defaults = {"tail_tokens": 32, "trace_max_tokens": 100}
+    single = parse_config("single", defaults)
+    assert (single.name, single.params.population, single.params.rounds) == ("single", 1, 1)
+    vote = parse_config("majority:n=6", defaults)
+    assert (vote.name, vote.params.population, vote.params.k, vote.params.selection) == ("majority@6", 6, 1, "majority")
+    rsa = parse_config("rsa:n=4,k=3,t=5,tau=16,sel=aggregate,name=mine", defaults)
+    p = rsa.params
+    assert (rsa.name, p.population, p.k, p.rounds, p.tail_tokens, p.trace_max_tokens, p.selection) == (
+        "mine", 4, 3, 5, 16, 100, "aggregate")
+    for bad in ("rsa:q=1", "beam:n=2", "rsa:n"):
+        with pytest.raises(ValueError):
+            parse_config(bad, defaults)
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def _coin_engine(problems: list[Problem]) -> FakeEngine:
+    """Each trace is right with probability 1/2 (a function of its prompt and seed)."""
+    golds = {p.question: p.answer for p in problems}
+
+    def answer(request: FakeRequest) -> str:
+        gold = next(a for q, a in golds.items() if q in request.prompt)
+        return gold if request.rng().random() < 0.5 else str(int(gold) + 1)
+
+    return FakeEngine(answer=answer, delay=0.001)
+
+
+CONFIGS = ["single", "majority:n=4", "rsa:n=4,k=2,t=3"]
+DEFAULTS = {"tail_tokens": 16, "trace_max_tokens": 64}
+
+
+async def test_runner_scores_the_populations_the_run_produced() -> None:
+    problems = arithmetic(5, 1, seed=1)
+    engine = _coin_engine(problems)
+    configs = [parse_config(s, DEFAULTS) for s in CONFIGS]
+    results = await evaluate(EngineBackend(engine), configs, problems, seed=2, concurrency=3)
+    rsa = results["configs"][2]
+    assert [c["name"] for c in results["configs"]] == ["single", "majority@4", "rsa N=4 K=2 T=3"]
+    assert [r["round"] for r in rsa["rounds"]] == [1, 2, 3]
+    # Replay one problem's run directly: the runner saw exactly its answers and tokens.
+    record = rsa["runs"][0]
+    params = configs[2].params.model_copy(update={"seed": record["seed"]})
+    _, result = await collect(RsaRun(_coin_engine(problems), problems[0].messages(), params, run_id="replay"))
+    assert record["answers"] == result.answers
+    assert record["completion_tokens"] == result.usage.completion_tokens == sum(record["round_tokens"])
+    expected = score_rounds(result.answers, record["round_tokens"], problems[0].answer)
+    assert [s["pass1"] for s in record["scores"]] == [s.pass1 for s in expected]
+    # Means over problems are the means of the per-run scores.
+    for r, mean in enumerate(rsa["rounds"]):
+        assert mean["pass1"] == pytest.approx(sum(run["scores"][r]["pass1"] for run in rsa["runs"]) / 5)
+    # Single sampling is N=1: pass@1 == majority == pass@N.
+    single = results["configs"][0]["rounds"][0]
+    assert single["pass1"] == single["majority"] == single["pass_n"]
+    assert results["configs"][1]["rounds"][0]["tokens"] == pytest.approx(4 * single["tokens"], rel=0.5)
+
+
+async def test_http_backend_sees_what_the_engine_backend_sees() -> None:
+    """The SSE progress chunks carry the same populations as the in-process events."""
+    problems = arithmetic(3, 2, seed=5)
+    configs = [parse_config("rsa:n=3,k=2,t=2", DEFAULTS)]
+    direct = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems, seed=1)
+    engine = _coin_engine(problems)
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            backend = HttpBackend("http://test", client=http)
+            via_http = await evaluate(backend, configs, problems, seed=1)
+    assert via_http["meta"]["model"] == "fake-model"
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
+    assert strip(via_http["configs"][0]["runs"]) == strip(direct["configs"][0]["runs"])
+    assert via_http["configs"][0]["rounds"] == direct["configs"][0]["rounds"]
+
+
+async def test_http_errors_become_failed_runs_not_crashes() -> None:
+    problems = arithmetic(2, 1, seed=0)
+    app = create_app(Settings(), engine_factory=lambda _: _coin_engine(problems))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            backend = HttpBackend("http://test", model="no-such-model", client=http)
+            results = await evaluate(backend, [parse_config("single", DEFAULTS)], problems)
+    config = results["configs"][0]
+    assert config["errors"] == 2 and all("404" in r["error"] for r in config["runs"])
+    assert config["final_accuracy"] == 0
+
+
+def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine as engine_pkg
+    from service.cli import main
+
+    problems = arithmetic(4, 1, seed=0)
+    monkeypatch.setattr(engine_pkg, "create_engine", lambda config: _coin_engine(problems))
+    out = tmp_path / "run"
+    rc = main(["eval", "--size", "4", "--config", "single", "--config", "rsa:n=2,k=2,t=2",
+               "--tail-tokens", "16", "--trace-max-tokens", "64", "--out", str(out)])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["dataset"] == "arithmetic d=1" and results["meta"]["problems"] == 4
+    assert [len(c["rounds"]) for c in results["configs"]] == [1, 2]
+    png = (out / "plot.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
