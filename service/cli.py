@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service import logs
     from service.app import create_app
     from service.settings import Settings
 
@@ -38,9 +40,10 @@ def _serve(args: argparse.Namespace) -> int:
         }
     )
     settings = settings.model_copy(update={"engine": engine})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, args.log_format or os.environ.get("MRSA_LOG_FORMAT", "json"))
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # log_config=None: uvicorn's loggers propagate to the JSON handler set up above.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None)
     return 0
 
 
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-memory-utilization", type=float)
     serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
     serve.add_argument("--log-level")
+    serve.add_argument(
+        "--log-format", choices=["json", "text"],
+        help="json: one object per line with request and run ids (default; env MRSA_LOG_FORMAT)",
+    )
     serve.add_argument(
         "--upstream",
         dest="upstreams",
