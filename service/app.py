@@ -16,8 +16,12 @@ from prometheus_client import Gauge, make_asgi_app
 
 from engine.base import Engine
 from engine.config import EngineConfig
+from service.admission import Admission
+from service.auth import ApiKeyMiddleware, load_keys
+from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
 from service.routes import router
+from service.runs import RunManager
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,9 +46,23 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
         app.state.engine = engine
         IN_FLIGHT.set_function(engine.num_in_flight)
         log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
+        limits = settings.admission
+        app.state.plain_admission = Admission(
+            "requests", limits.max_running_requests, limits.max_queued_requests, limits.retry_after_s
+        )
+        runs = RunManager(
+            engine,
+            settings.store_path,
+            Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s),
+        )
+        app.state.runs = runs
+        resumed = await runs.start()
+        if resumed:
+            log.info("resumed %d background runs", resumed)
         try:
             yield
         finally:
+            await runs.close()
             shutdown = getattr(engine, "shutdown", None)
             if shutdown is not None:
                 shutdown()
@@ -55,4 +73,9 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/metrics", make_asgi_app())
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    keys = load_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_key_file)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)  # outermost: 401 before the body is read
+    if keys:
+        log.info("API keys required (%d configured)", len(keys))
     return app

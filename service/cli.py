@@ -40,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         }
     )
     settings = settings.model_copy(update={"engine": engine})
+    if settings.store_path is None:
+        settings = settings.model_copy(update={"store_path": settings.default_store_path()})
     logs.setup(settings.log_level, args.log_format or os.environ.get("MRSA_LOG_FORMAT", "json"))
     app = create_app(settings)
     # log_config=None: uvicorn's loggers propagate to the JSON handler set up above.

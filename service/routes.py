@@ -1,4 +1,5 @@
-"""HTTP routes: ``/v1/chat/completions`` (plain or RSA), ``/v1/models``, ``/health``."""
+"""HTTP routes: ``/v1/chat/completions`` (plain or RSA), background runs under ``/v1/rsa/runs``,
+``/v1/models``, ``/health``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -25,6 +26,7 @@ from rsa.events import (
     Usage,
 )
 from service import metrics
+from service.admission import Overloaded, Ticket
 from service.background import ClientDisconnected, pump, until_disconnect
 from service.errors import APIError, from_validation_error
 from service.schemas import (
@@ -39,6 +41,7 @@ from service.schemas import (
     completion_id,
     now,
 )
+from service.runs import RunManager, new_run_id
 from service.settings import Settings
 from service.streaming import DONE, ChunkFactory, sse, sse_error
 
@@ -55,6 +58,25 @@ def _engine(request: Request) -> Engine:
 
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def _runs(request: Request) -> RunManager:
+    return request.app.state.runs
+
+
+def _owner(request: Request) -> str:
+    """The hash of the caller's API key (set by service.auth), "" when keys are off."""
+    return getattr(request.state, "owner", "")
+
+
+def _admit(admission) -> Ticket:
+    try:
+        return admission.admit()
+    except Overloaded as exc:
+        raise APIError(
+            str(exc), status=429, type="rate_limit_error", code="server_busy",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
 
 
 @router.get("/health")
@@ -82,10 +104,122 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             param="model",
             code="model_not_found",
         )
+    if body.background:
+        if body.rsa is None:
+            raise APIError("background needs an rsa object: only RSA runs run in the background", param="background")
+        return await _submit_run(body, request, engine)
     chunks = ChunkFactory(id=completion_id(), created=now(), model=engine.model_name)
     if body.rsa is not None:
         return await _rsa_completion(body, request, engine, chunks)
     return await _plain_completion(body, request, engine, chunks)
+
+
+# --------------------------------------------------------------------------- background runs
+
+
+@router.post("/v1/rsa/runs", status_code=202, response_model=None)
+async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
+    """Start a background RSA run (the body of a chat completion; ``rsa`` defaults to {})."""
+    engine = _engine(request)
+    if body.model != engine.model_name:
+        raise APIError(
+            f"The model `{body.model}` does not exist. Available: `{engine.model_name}`.",
+            status=404, param="model", code="model_not_found",
+        )
+    return await _submit_run(body.model_copy(update={"rsa": body.rsa or {}}), request, engine)
+
+
+async def _submit_run(body: ChatCompletionRequest, request: Request, engine: Engine) -> Response:
+    if body.stream:
+        raise APIError("stream and background exclude each other: follow /v1/rsa/runs/{id}/events", param="stream")
+    params = _rsa_params(body, _settings(request))
+    run_id = new_run_id()
+    try:
+        run = RsaRun(engine, body.chat(), params, run_id=f"{run_id}-a1")
+    except ContextTooLongError as exc:
+        raise _context_error(exc) from None
+    runs = _runs(request)
+    ticket = _admit(runs.admission)
+    metrics.RSA_RUNS.inc()
+    stored = await runs.submit(_owner(request), engine.model_name, run_id, run, ticket)
+    return JSONResponse(await _run_object(runs, stored), status_code=202)
+
+
+async def _run_object(runs: RunManager, stored) -> dict:
+    params = stored.spec["params"]
+    progress = await runs.progress(stored.id)
+    result = stored.result
+    if result is not None:
+        usage = result["usage"]
+    elif stored.error is not None and "usage" in stored.error:
+        usage = stored.error["usage"]
+    else:
+        usage = usage_info(Usage(progress.prompt_tokens, progress.completion_tokens, progress.reasoning_tokens)).model_dump()
+    return {
+        "id": stored.id,
+        "object": "rsa.run",
+        "created": int(stored.created),
+        "model": stored.spec["model"],
+        "status": stored.status,
+        "seed": params["seed"],
+        "progress": {
+            "nodes_finished": progress.nodes,
+            "nodes_total": params["population"] * params["rounds"],
+            "rounds": params["rounds"],
+            "attempts": stored.attempts,
+        },
+        "usage": usage,
+        "result": result,
+        "error": None if stored.error is None else stored.error["error"],
+    }
+
+
+async def _owned(request: Request, run_id: str):
+    stored = await _runs(request).get(_owner(request), run_id)
+    if stored is None:
+        raise APIError(f"No run with id `{run_id}`.", status=404, param="run_id", code="run_not_found")
+    return stored
+
+
+@router.get("/v1/rsa/runs/{run_id}")
+async def get_run(run_id: str, request: Request) -> dict:
+    return await _run_object(_runs(request), await _owned(request, run_id))
+
+
+@router.delete("/v1/rsa/runs/{run_id}")
+async def cancel_run(run_id: str, request: Request) -> dict:
+    await _owned(request, run_id)
+    stored = await _runs(request).cancel(_owner(request), run_id)
+    return await _run_object(_runs(request), stored)
+
+
+@router.get("/v1/rsa/runs/{run_id}/events", response_model=None)
+async def run_events(
+    run_id: str, request: Request, last_event_id: str | None = Header(None), after: int | None = None
+) -> Response:
+    """The run's progress as SSE (``id:`` = event number); resume with ``Last-Event-ID`` (or
+    ``?after=N``). Ends after the run's last event (completed, failed or cancelled)."""
+    await _owned(request, run_id)
+    start = after if after is not None else 0
+    if last_event_id is not None:
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise APIError("Last-Event-ID must be an event number", param="Last-Event-ID") from None
+    if start < 0:
+        raise APIError("the event number must not be negative", param="after")
+    runs, owner = _runs(request), _owner(request)
+
+    async def stream() -> AsyncIterator[str]:
+        async with aclosing(runs.events(owner, run_id, start)) as events:
+            async for item in events:
+                if item is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    seq, event = item
+                    yield f"id: {seq}\n{sse(event)}"
+
+    return _sse_response(stream())
 
 
 # --------------------------------------------------------------------------- RSA
@@ -121,7 +255,10 @@ def _context_error(exc: ContextTooLongError) -> APIError:
 
 
 def _usage(result: RsaResult | RunFailed) -> UsageInfo:
-    u: Usage = result.usage
+    return usage_info(result.usage)
+
+
+def usage_info(u: Usage) -> UsageInfo:
     return UsageInfo(
         prompt_tokens=u.prompt_tokens,
         completion_tokens=u.completion_tokens,
@@ -145,6 +282,25 @@ def _summary(result: RsaResult, with_trace: bool) -> dict:
     if with_trace:
         block["trace"] = [dataclasses.asdict(node) for node in result.trace]
     return block
+
+
+def completion_body(id: str, model: str, result: RsaResult, with_trace: bool) -> dict:
+    """The ``chat.completion`` body of a finished run."""
+    return ChatCompletion(
+        id=id,
+        created=now(),
+        model=model,
+        choices=[
+            Choice(index=0, message=ResponseMessage(content=result.content), finish_reason=result.finish_reason)
+        ],
+        usage=_usage(result),
+        rsa=_summary(result, with_trace),
+    ).model_dump()
+
+
+def progress_event(event: RsaEvent) -> dict | None:
+    """The ``rsa`` progress object of an event (streams and the background event log)."""
+    return _progress(event)
 
 
 def _progress(event: RsaEvent) -> dict | None:
@@ -176,47 +332,46 @@ async def _rsa_completion(
         run = RsaRun(engine, messages, params, run_id=chunks.id)
     except ContextTooLongError as exc:
         raise _context_error(exc) from None
+    ticket = _admit(_runs(request).admission)
     metrics.RSA_RUNS.inc()
     if body.stream:
-        return _sse_response(_rsa_stream(run, params, body, chunks))
+        return _sse_response(_rsa_stream(run, params, body, chunks, ticket))
 
     async def drain() -> RsaResult:
-        async with aclosing(pump(run.events())) as events:
-            async for event in events:
-                if isinstance(event, RunCompleted):
-                    return event.result
+        with ticket:
+            await ticket.wait()
+            async with aclosing(pump(run.events())) as events:
+                async for event in events:
+                    if isinstance(event, RunCompleted):
+                        return event.result
         raise EngineError("run ended without a result")
 
     result = await _guarded(request, drain())
     if isinstance(result, Response):
         return result
     _record(result)
-    return JSONResponse(
-        ChatCompletion(
-            id=chunks.id,
-            created=chunks.created,
-            model=chunks.model,
-            choices=[
-                Choice(
-                    index=0,
-                    message=ResponseMessage(content=result.content),
-                    finish_reason=result.finish_reason,
-                )
-            ],
-            usage=_usage(result),
-            rsa=_summary(result, params.return_trace),
-        ).model_dump()
-    )
+    body_out = completion_body(chunks.id, chunks.model, result, params.return_trace)
+    return JSONResponse({**body_out, "created": chunks.created})
 
 
 async def _rsa_stream(
-    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory
+    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket
+) -> AsyncIterator[str]:
+    with ticket:
+        async with aclosing(_rsa_stream_admitted(run, params, body, chunks, ticket)) as lines:
+            async for line in lines:
+                yield line
+
+
+async def _rsa_stream_admitted(
+    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket
 ) -> AsyncIterator[str]:
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
     yield sse(chunks.progress({
         "event": "run_started", "seed": run.seed, "population": params.population,
         "k": params.k, "rounds": params.rounds,
     }))
+    await ticket.wait()
     started = False
     try:
         async with aclosing(pump(run.events())) as events:
@@ -296,16 +451,19 @@ async def _plain_completion(
 
     prompt_ids = engine.tokenizer.apply_chat_template(body.chat())
     params = _plain_params(body, _settings(request), len(prompt_ids), engine.max_model_len)
+    ticket = _admit(request.app.state.plain_admission)
     deltas = merged_generations(engine, prompt_ids, params, chunks.id)
     if body.stream:
-        return _sse_response(_plain_stream(deltas, len(prompt_ids), body, chunks))
+        return _sse_response(_plain_stream(deltas, len(prompt_ids), body, chunks, ticket))
 
     async def collect() -> list[Completion]:
-        outs = [Completion() for _ in params]
-        async with aclosing(pump(deltas)) as events:
-            async for i, delta in events:
-                outs[i].add(delta)
-        return outs
+        with ticket:
+            await ticket.wait()
+            outs = [Completion() for _ in params]
+            async with aclosing(pump(deltas)) as events:
+                async for i, delta in events:
+                    outs[i].add(delta)
+            return outs
 
     outs = await _guarded(request, collect())
     if isinstance(outs, Response):
@@ -331,6 +489,16 @@ async def _plain_completion(
 
 
 async def _plain_stream(
+    deltas: AsyncIterator, prompt_tokens: int, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket
+) -> AsyncIterator[str]:
+    with ticket:
+        await ticket.wait()
+        async with aclosing(_plain_stream_admitted(deltas, prompt_tokens, body, chunks)) as lines:
+            async for line in lines:
+                yield line
+
+
+async def _plain_stream_admitted(
     deltas: AsyncIterator, prompt_tokens: int, body: ChatCompletionRequest, chunks: ChunkFactory
 ) -> AsyncIterator[str]:
     completion_tokens = 0

@@ -51,6 +51,9 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1)
     user: str | None = None
     ignore_eos: bool = False  # vLLM extension
+    background: bool = Field(
+        False, description="RSA only: return a run object at once; follow it under /v1/rsa/runs/{id}."
+    )
     rsa: dict[str, Any] | None = Field(
         None, description="Markovian RSA parameters (see rsa.params.RsaParams); omit for plain."
     )

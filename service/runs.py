@@ -1,0 +1,241 @@
+"""Background RSA runs: accepted at once, executed under admission control, checkpointed node by
+node in the store, resumed after a restart, cancellable, observable as a resumable event stream.
+
+Life of a run::
+
+    submit() -> queued --(admission slot)--> running --> completed | failed
+                  \\______________ cancel() ______________/--> cancelled
+
+Every finished node's record goes to the store together with its progress event (one
+transaction), so after a crash :meth:`RunManager.start` finds the run ``queued`` or ``running``
+and restarts it from its checkpoints: the plan is rebuilt from the stored seed and only the
+nodes that were in flight are redone (see :mod:`rsa.runner`). Usage and budget include the
+work done before the restart; the run's age (for ``deadline_s``) too.
+
+The store is opened lazily: a server that never receives a background run creates no file.
+Without a path (``store_path`` unset, as in tests) it is a temporary file removed at shutdown:
+runs then live as long as the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+from engine.base import Engine, EngineError
+from rsa import RsaParams, RsaRun
+from rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed
+from service.admission import Admission, Ticket
+from service.store import AsyncStore, Store, StoredRun
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return f"run_{uuid.uuid4().hex}"
+
+
+def owner_of(key: str | None) -> str:
+    """What the store keeps of the API key that created a run: a hash, never the key."""
+    return "" if not key else hashlib.sha256(key.encode()).hexdigest()
+
+
+class RunManager:
+    """Owns the background runs of one server: their tasks, the store and the run admission."""
+
+    def __init__(self, engine: Engine, store_path: Path | None, admission: Admission) -> None:
+        self.engine = engine
+        self._tmpdir: str | None = None
+        if store_path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="mrsa-runs-")
+            store_path = Path(self._tmpdir) / "runs.sqlite3"
+        self.store_path = store_path
+        self.admission = admission
+        self._store: AsyncStore | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def _open(self) -> AsyncStore:
+        if self._store is None:
+            self._store = AsyncStore(Store(self.store_path))
+            log.info("run store: %s", self.store_path)
+        return self._store
+
+    async def start(self) -> int:
+        """Resume every run the last server left queued or running; returns how many."""
+        if not self.store_path.exists():
+            return 0
+        store = self._open()
+        runs = await store.unfinished()
+        for run in runs:
+            records = await store.records(run.id)
+            await store.append(run.id, {"event": "run_resumed", "checkpoints": len(records), "attempt": run.attempts + 1})
+            ticket = self.admission.admit(force=True)  # accepted before the restart
+            self._spawn(run.id, run.spec, ticket, records=records, elapsed_s=run.elapsed_s, attempt=run.attempts + 1)
+            log.info("resuming run %s from %d checkpoints", run.id, len(records))
+        return len(runs)
+
+    async def close(self) -> None:
+        """Stop executing without ending the runs: the next server resumes them."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------------ API
+
+    async def submit(self, owner: str, model: str, run_id: str, run: RsaRun, ticket: Ticket) -> StoredRun:
+        """Persist and start a run whose parameters and context were checked (``run`` is
+        built, its seed drawn); ``ticket`` is its admission."""
+        store = self._open()
+        spec = {
+            "model": model,
+            "messages": run.messages,
+            "params": {**run.params.model_dump(), "seed": run.seed},
+        }
+        started = {
+            "event": "run_started", "seed": run.seed, "population": run.params.population,
+            "k": run.params.k, "rounds": run.params.rounds,
+        }
+        await store.create(run_id, owner, spec, started)
+        self._spawn(run_id, spec, ticket, run=run, attempt=1)
+        stored = await store.get(run_id)
+        assert stored is not None
+        return stored
+
+    async def get(self, owner: str, run_id: str) -> StoredRun | None:
+        """The run, if it exists and belongs to ``owner``."""
+        if self._store is None and not self.store_path.exists():
+            return None
+        run = await self._open().get(run_id)
+        if run is None or run.owner != owner:
+            return None
+        return run
+
+    async def progress(self, run_id: str) -> Any:
+        return await self._open().progress(run_id)
+
+    async def cancel(self, owner: str, run_id: str) -> StoredRun | None:
+        """Cancel a queued or running run: its engine requests are aborted before this returns."""
+        run = await self.get(owner, run_id)
+        if run is None:
+            return None
+        store = self._open()
+        if await store.finish(run_id, "cancelled", {"event": "run_cancelled"}) is not None:
+            self._notify(run_id)
+        task = self._tasks.get(run_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return await store.get(run_id)
+
+    async def events(self, owner: str, run_id: str, after: int, heartbeat_s: float = 15.0) -> AsyncIterator[tuple[int, dict] | None]:
+        """``(seq, event)`` after ``after`` until the run ended and its last event was sent;
+        ``None`` as a heartbeat when nothing happened for ``heartbeat_s``."""
+        store = self._open()
+        while True:
+            changed = self._changed.setdefault(run_id, asyncio.Event())
+            changed.clear()
+            batch = await store.events(run_id, after)
+            for seq, event in batch:
+                after = seq
+                yield seq, event
+            if batch:
+                continue
+            run = await store.get(run_id)
+            if run is None or (run.terminal and run_id not in self._tasks):
+                if not await store.events(run_id, after):
+                    return
+                continue
+            try:
+                await asyncio.wait_for(changed.wait(), heartbeat_s)
+            except TimeoutError:
+                yield None
+
+    # ------------------------------------------------------------------------ execution
+
+    def _notify(self, run_id: str) -> None:
+        event = self._changed.get(run_id)
+        if event is not None:
+            event.set()
+
+    def _spawn(self, run_id: str, spec: dict, ticket: Ticket, *, attempt: int, run: RsaRun | None = None,
+               records: list | None = None, elapsed_s: float = 0.0) -> None:
+        self._tickets[run_id] = ticket
+        task = asyncio.create_task(
+            self._execute(run_id, spec, ticket, attempt, run, records or [], elapsed_s), name=run_id
+        )
+        self._tasks[run_id] = task
+
+    async def _execute(self, run_id: str, spec: dict, ticket: Ticket, attempt: int, run: RsaRun | None,
+                       records: list, elapsed_s: float) -> None:
+        from service.routes import completion_body, progress_event, usage_info  # no import cycle
+
+        store = self._open()
+        try:
+            with ticket:
+                await ticket.wait()
+                if await store.set_status(run_id, "running", {"event": "run_running", "attempt": attempt}) is None:
+                    return  # cancelled while queued
+                self._notify(run_id)
+                if run is None:
+                    run = RsaRun(self.engine, spec["messages"], RsaParams(**spec["params"]),
+                                 run_id=f"{run_id}-a{attempt}", resume=records, elapsed_s=elapsed_s)
+                async with aclosing(run.events()) as events:
+                    async for event in events:
+                        if isinstance(event, FinalDelta):
+                            continue
+                        if isinstance(event, RunCompleted):
+                            body = completion_body(run_id, spec["model"], event.result, run.params.return_trace)
+                            summary = {"event": "run_completed", **body["rsa"], "usage": body["usage"]}
+                            await store.finish(run_id, "completed", summary, result=body)
+                        elif isinstance(event, NodeFinished) and event.record is not None and event.status != "aborted":
+                            progress = progress_event(event)
+                            await store.checkpoint(run_id, event.record, progress, event.elapsed_s)
+                        elif (progress := progress_event(event)) is not None:
+                            await store.append(run_id, progress)
+                        self._notify(run_id)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        except RunFailed as exc:
+            error = {"error": _error_body(exc), "usage": usage_info(exc.usage)}
+            await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
+        except Exception as exc:  # a bug or an engine that cannot run it: the run fails, the server stays
+            if not isinstance(exc, EngineError):
+                log.exception("background run %s failed", run_id)
+            error = {"error": _error_body(exc)}
+            await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
+        finally:
+            self._tasks.pop(run_id, None)
+            self._tickets.pop(run_id, None)
+            self._notify(run_id)
+
+
+def _error_body(exc: Exception) -> dict:
+    if isinstance(exc, EngineError):
+        return {
+            "message": str(exc) or type(exc).__name__,
+            "type": "invalid_request_error" if exc.status < 500 else "server_error",
+            "param": None,
+            "code": exc.code,
+        }
+    return {"message": f"Internal error: {type(exc).__name__}", "type": "server_error", "param": None, "code": "internal_error"}
