@@ -12,22 +12,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import Gauge, make_asgi_app
 
 from engine.base import Engine
 from engine.config import EngineConfig
+from service import metrics
 from service.admission import Admission
 from service.auth import ApiKeyMiddleware, load_keys
 from service.body_limit import BodyLimitMiddleware
 from service.errors import install_error_handlers
+from service.logs import RequestIdMiddleware
 from service.routes import router
 from service.runs import RunManager
 from service.settings import Settings
+from service.trace_view import router as trace_router
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[EngineConfig], Engine]
-
-IN_FLIGHT = Gauge("mrsa_engine_in_flight", "Engine requests in flight.")
 
 
 def default_engine_factory(config: EngineConfig) -> Engine:
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = factory(settings.engine)
         app.state.engine = engine
-        IN_FLIGHT.set_function(engine.num_in_flight)
+        metrics.track_in_flight(engine.num_in_flight)
         log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
         limits = settings.admission
         app.state.plain_admission = Admission(
@@ -72,10 +72,14 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.state.started = int(time.time())
     install_error_handlers(app)
     app.include_router(router)
-    app.mount("/metrics", make_asgi_app())
+    app.include_router(trace_router)
+    app.include_router(metrics.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keys = load_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_key_file)
     app.add_middleware(ApiKeyMiddleware, keys=keys)  # outermost: 401 before the body is read
     if keys:
         log.info("API keys required (%d configured)", len(keys))
+    # Outermost: every response (401 and 413 included) is counted and carries a request id.
+    app.add_middleware(metrics.MetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import APIError
 
-OPEN_PATHS = frozenset({"/health"})
+# The trace view's page and script hold no data: its API calls carry the key typed in the page.
+OPEN_PATHS = frozenset({"/health", "/trace", "/trace/trace.js"})
 
 
 def load_keys(keys: str | None, key_file: Path | None) -> list[str]:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RsaEvent, RsaResult, RunCompleted
 
@@ -44,6 +46,12 @@ QUEUE_DEPTH = Gauge(
     "mrsa_admission_queue_depth", "Work waiting for admission (queued, not yet executing), per pool.", ["pool"]
 )
 RUNNING = Gauge("mrsa_admission_running", "Work admitted and executing, per pool.", ["pool"])
+IN_FLIGHT = Gauge("mrsa_engine_in_flight", "Engine requests in flight.")
+
+
+def track_in_flight(count: Callable[[], int]) -> None:
+    """Read the engine's in-flight count at scrape time (never stale)."""
+    IN_FLIGHT.set_function(count)
 
 
 def track_admission(pool: str, queued: Callable[[], int], running: Callable[[], int]) -> None:
@@ -51,6 +59,15 @@ def track_admission(pool: str, queued: Callable[[], int], running: Callable[[], 
     e.g. ``track_admission(admission.what, lambda: admission.queued, lambda: admission.running)``."""
     QUEUE_DEPTH.labels(pool).set_function(queued)
     RUNNING.labels(pool).set_function(running)
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics")
+def scrape() -> Response:
+    """The exposition text, at ``/metrics`` itself (a mounted app would redirect to ``/metrics/``)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def set_queue_depth(pool: str, depth: int) -> None:

@@ -18,6 +18,7 @@ from rsa.events import (
     FinalDelta,
     FinalStarted,
     NodeFinished,
+    NodeStarted,
     RoundCompleted,
     RsaEvent,
     RsaResult,
@@ -25,7 +26,7 @@ from rsa.events import (
     RunFailed,
     Usage,
 )
-from service import metrics
+from service import logs, metrics
 from service.admission import Overloaded, Ticket
 from service.background import ClientDisconnected, pump, until_disconnect
 from service.errors import APIError, from_validation_error
@@ -314,6 +315,7 @@ def _progress(event: RsaEvent) -> dict | None:
                 "answer": event.answer,
                 "status": event.status,
                 "cut": event.cut,
+                **({"parents": event.record.parents} if event.record is not None and event.round > 0 else {}),
                 **({"error": event.error} if event.error is not None else {}),
             }
         case RoundCompleted():
@@ -333,38 +335,57 @@ async def _rsa_completion(
     except ContextTooLongError as exc:
         raise _context_error(exc) from None
     ticket = _admit(_runs(request).admission)
+    logs.bind_run(chunks.id)
+    log.info(
+        "rsa run started",
+        extra={"seed": run.seed, "population": params.population, "k": params.k, "rounds": params.rounds},
+    )
     metrics.RSA_RUNS.inc()
+    observer = metrics.RunObserver()
     if body.stream:
-        return _sse_response(_rsa_stream(run, params, body, chunks, ticket))
+        return _sse_response(_rsa_stream(run, params, body, chunks, ticket, observer))
 
     async def drain() -> RsaResult:
-        with ticket:
-            await ticket.wait()
-            async with aclosing(pump(run.events())) as events:
-                async for event in events:
-                    if isinstance(event, RunCompleted):
-                        return event.result
+        ended = False
+        try:
+            with ticket:
+                await ticket.wait()
+                async with aclosing(pump(run.events())) as events:
+                    async for event in events:
+                        observer.observe(event)
+                        if isinstance(event, RunCompleted):
+                            ended = True
+                            _log_completed(event.result)
+                            return event.result
+        except RunFailed as exc:
+            ended = True
+            observer.failed(exc.calls, exc.usage.completion_tokens)
+            raise
+        finally:
+            if not ended:  # cancelled: the client went away
+                observer.cancelled()
         raise EngineError("run ended without a result")
 
     result = await _guarded(request, drain())
     if isinstance(result, Response):
         return result
-    _record(result)
     body_out = completion_body(chunks.id, chunks.model, result, params.return_trace)
     return JSONResponse({**body_out, "created": chunks.created})
 
 
 async def _rsa_stream(
-    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket
+    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket,
+    observer: metrics.RunObserver,
 ) -> AsyncIterator[str]:
     with ticket:
-        async with aclosing(_rsa_stream_admitted(run, params, body, chunks, ticket)) as lines:
+        async with aclosing(_rsa_stream_admitted(run, params, body, chunks, ticket, observer)) as lines:
             async for line in lines:
                 yield line
 
 
 async def _rsa_stream_admitted(
-    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket
+    run: RsaRun, params: RsaParams, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket,
+    observer: metrics.RunObserver,
 ) -> AsyncIterator[str]:
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
     yield sse(chunks.progress({
@@ -372,10 +393,11 @@ async def _rsa_stream_admitted(
         "k": params.k, "rounds": params.rounds,
     }))
     await ticket.wait()
-    started = False
+    started = ended = False
     try:
         async with aclosing(pump(run.events())) as events:
             async for event in events:
+                observer.observe(event)
                 if isinstance(event, FinalDelta):
                     if not started:
                         started = True
@@ -384,32 +406,45 @@ async def _rsa_stream_admitted(
                         yield sse(chunks.content(event.text))
                 elif isinstance(event, RunCompleted):
                     result = event.result
-                    _record(result)
+                    ended = True
+                    _log_completed(result)
                     if not started:
                         yield sse(chunks.role())
                     summary = {"event": "run_completed", **_summary(result, params.return_trace)}
                     yield sse(chunks.finish(result.finish_reason, rsa=summary))
                     if body.include_usage:
                         yield sse(chunks.usage(_usage(result).model_dump()))
+                elif isinstance(event, NodeStarted):  # live streams only: edges as nodes launch
+                    yield sse(chunks.progress({
+                        "event": "node_started", "round": event.round, "index": event.index,
+                        "parents": event.parents,
+                    }))
                 elif (progress := _progress(event)) is not None:
                     yield sse(chunks.progress(progress))
     except RunFailed as exc:  # the 200 is sent: the error travels as a chunk, with usage
-        _record_failure(exc)
+        ended = True
+        observer.failed(exc.calls, exc.usage.completion_tokens)
+        log.warning("rsa run failed: %s", exc)
         yield sse({**_engine_error(exc).body(), "usage": _usage(exc).model_dump()})
     except Exception as exc:
+        ended = True
+        observer.failed(0, 0)
         yield sse_error(_stream_failure(exc))
+    finally:
+        if not ended:  # the client went away mid-run
+            observer.cancelled()
     yield DONE
 
 
-def _record_failure(exc: RunFailed) -> None:
-    metrics.ENGINE_CALLS.inc(exc.calls)
-    metrics.GENERATED_TOKENS.inc(exc.usage.completion_tokens)
-
-
-def _record(result: RsaResult) -> None:
-    metrics.ENGINE_CALLS.inc(result.calls)
-    metrics.GENERATED_TOKENS.inc(result.usage.completion_tokens)
-    metrics.STOP_REASONS.labels(result.stop_reason).inc()
+def _log_completed(result: RsaResult) -> None:
+    log.info(
+        "rsa run completed",
+        extra={
+            "stop_reason": result.stop_reason, "rounds_completed": result.rounds_completed,
+            "calls": result.calls, "completion_tokens": result.usage.completion_tokens,
+            "answer": result.answer,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- plain
@@ -470,6 +505,7 @@ async def _plain_completion(
         return outs
     completion_tokens = sum(len(o.token_ids) for o in outs)
     metrics.GENERATED_TOKENS.inc(completion_tokens)
+    metrics.TOKENS.labels("plain").inc(completion_tokens)
     return JSONResponse(
         ChatCompletion(
             id=chunks.id,
@@ -516,6 +552,7 @@ async def _plain_stream_admitted(
         yield sse_error(_stream_failure(exc))
     else:
         metrics.GENERATED_TOKENS.inc(completion_tokens)
+        metrics.TOKENS.labels("plain").inc(completion_tokens)
         if body.include_usage:
             usage = UsageInfo(
                 prompt_tokens=prompt_tokens,
@@ -546,7 +583,6 @@ async def _guarded(request: Request, work):
         log.info("client disconnected; run cancelled")
         return Response(status_code=CLIENT_CLOSED)
     except RunFailed as exc:  # an RSA run that failed: the envelope plus what it spent
-        _record_failure(exc)
         body = {**_engine_error(exc).body(), "usage": _usage(exc).model_dump()}
         return JSONResponse(body, status_code=exc.status)
     except EngineError as exc:
