@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -42,7 +43,7 @@ def _problems(args: argparse.Namespace) -> list:
     return load_jsonl(args.dataset, limit=args.size or None)
 
 
-async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict) -> dict:
+async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path) -> dict:
     from benchmarks.eval.backends import EngineBackend, HttpBackend
     from benchmarks.eval.runner import evaluate
 
@@ -50,7 +51,8 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
         backend = HttpBackend(args.url, model=args.model, api_key=args.api_key)
         try:
             await backend.resolve_model()
-            return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency, meta=meta)
+            return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
+                                  meta=meta, checkpoint=partial(_save, out))
         finally:
             await backend.aclose()
     from engine import create_engine
@@ -60,9 +62,14 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
         model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
     ))
     try:
-        return await evaluate(EngineBackend(engine), configs, problems, seed=args.seed, concurrency=args.concurrency, meta=meta)
+        return await evaluate(EngineBackend(engine), configs, problems, seed=args.seed, concurrency=args.concurrency,
+                              meta=meta, checkpoint=partial(_save, out))
     finally:
         getattr(engine, "shutdown", lambda: None)()
+
+
+def _save(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,12 +89,12 @@ def main(args: argparse.Namespace) -> int:
     meta = {"dataset": dataset, "backend": args.url or "embedded", "options": {
         k: v for k, v in vars(args).items() if k not in ("func", "command", "api_key")
     }}
-    t0 = time.perf_counter()
-    results = asyncio.run(_run(args, configs, problems, meta))
-    results["meta"]["wall_s"] = time.perf_counter() - t0
     out = Path(args.out) if args.out else RESULTS / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    t0 = time.perf_counter()
+    results = asyncio.run(_run(args, configs, problems, meta, out))
+    results["meta"]["wall_s"] = time.perf_counter() - t0
+    _save(out, results)
     plot(results, out / "plot.png")
     console = Console()
     console.print(results_table(results))

@@ -161,8 +161,10 @@ async def run_config(
 async def evaluate(
     backend: Backend, configs: Sequence[EvalConfig], problems: Sequence[Problem], *, seed: int = 0,
     concurrency: int = 4, console: Console | None = None, meta: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Every configuration in turn over the same problems; the results document."""
+    """Every configuration in turn over the same problems; the results document (also handed
+    to ``checkpoint`` after each configuration)."""
     resolve = getattr(backend, "resolve_model", None)
     if resolve is not None:  # a service: ask it which model it serves
         await resolve()
@@ -180,4 +182,6 @@ async def evaluate(
             results["configs"].append(
                 await run_config(backend, config, problems, seed=seed, concurrency=concurrency, progress=progress)
             )
+            if checkpoint is not None:  # a long evaluation keeps what it measured so far
+                checkpoint(results)
     return results
