@@ -33,6 +33,7 @@ from typing import Any
 from engine.base import Engine, EngineError
 from rsa import RsaParams, RsaRun
 from rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed
+from service import logs, metrics
 from service.admission import Admission, Ticket
 from service.store import AsyncStore, Store, StoredRun
 
@@ -190,6 +191,8 @@ class RunManager:
         from service.routes import completion_body, progress_event, usage_info  # no import cycle
 
         store = self._open()
+        logs.bind_run(run_id)  # this task's own context: every record it logs names the run
+        observer = metrics.RunObserver()
         try:
             with ticket:
                 await ticket.wait()
@@ -201,6 +204,7 @@ class RunManager:
                                  run_id=f"{run_id}-a{attempt}", resume=records, elapsed_s=elapsed_s)
                 async with aclosing(run.events()) as events:
                     async for event in events:
+                        observer.observe(event)
                         if isinstance(event, FinalDelta):
                             continue
                         if isinstance(event, RunCompleted):
@@ -214,9 +218,11 @@ class RunManager:
                             await store.append(run_id, progress)
                         self._notify(run_id)
         except asyncio.CancelledError:
-            if not self._closing:
+            if not self._closing:  # DELETE; a shutdown is no stop: the run resumes on restart
+                observer.cancelled()
                 raise
         except RunFailed as exc:
+            observer.failed(exc.calls, exc.usage.completion_tokens)
             error = {"error": _error_body(exc), "usage": usage_info(exc.usage)}
             await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
         except Exception as exc:  # a bug or an engine that cannot run it: the run fails, the server stays

@@ -111,3 +111,35 @@ async def test_metrics_endpoint_exposes_every_family(client) -> None:
         assert family in text, family
     assert 'mrsa_admission_queue_depth{pool="test-pool"} 3.0' in text
     assert 'mrsa_admission_running{pool="test-pool"} 1.0' in text
+
+
+async def test_background_runs_feed_the_same_metrics(client) -> None:
+    import asyncio
+
+    engine, http = client
+    snap = Snapshot(
+        ("mrsa_rsa_stops_total", {"reason": "rounds"}),
+        ("mrsa_rsa_rounds_total", {}),
+        ("mrsa_tokens_total", {"phase": "trace"}),
+        ("mrsa_rsa_stops_total", {"reason": "cancelled"}),
+    )
+    created = await http.post("/v1/rsa/runs", json={**BODY, "rsa": {**RSA, "selection": "majority"}})
+    assert created.status_code == 202
+    run_id = created.json()["id"]
+    for _ in range(500):
+        status = (await http.get(f"/v1/rsa/runs/{run_id}")).json()["status"]
+        if status == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert status == "completed"
+    trace_tokens = sum(r.completion_tokens for r in engine.requests)
+    assert snap.delta() == [1, 2, trace_tokens, 0]
+    engine.delay = 0.05  # slow enough to cancel mid-run
+    slow = (await http.post("/v1/rsa/runs", json={**BODY, "rsa": RSA})).json()["id"]
+    for _ in range(500):  # cancel mid-run: once it is running and has finished a node
+        run = (await http.get(f"/v1/rsa/runs/{slow}")).json()
+        if run["status"] == "running" and run["progress"]["nodes_finished"] >= 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (await http.delete(f"/v1/rsa/runs/{slow}")).status_code == 200
+    assert snap.delta()[3] == 1
