@@ -19,23 +19,27 @@ def plot(results: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     configs = results["configs"]
     depth = max((len(c["rounds"]) for c in configs), default=1)
     colors = plt.get_cmap("tab10").colors
-    fig, (ax, ax_tok) = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, (ax, ax_tok) = plt.subplots(1, 2, figsize=(13, 5.6))
     twin = ax.twinx()
+    ax.set_zorder(twin.get_zorder() + 1)  # lines over the token bars
+    ax.patch.set_visible(False)
     width = 0.8 / max(1, len(configs))
     for ci, c in enumerate(configs):
         color = colors[ci % len(colors)]
         rounds = [r["round"] for r in c["rounds"]]
-        for metric, (ls, marker, label) in _STYLES.items():
+        for metric, (ls, marker, _) in _STYLES.items():
             ys = [r[metric] for r in c["rounds"]]
             if len(rounds) == 1 and depth > 1:  # a reference level across the rounds
                 ax.hlines(ys[0], 1, depth, colors=[color], linestyles=ls, alpha=0.8)
-                ax.plot([1], ys, marker=marker, color=color, label=f"{c['name']} {label}")
+                ax.plot([1], ys, marker=marker, color=color)
             else:
-                ax.plot(rounds, ys, linestyle=ls, marker=marker, color=color, label=f"{c['name']} {label}")
+                ax.plot(rounds, ys, linestyle=ls, marker=marker, color=color)
             ax_tok.plot([r["tokens"] for r in c["rounds"]], ys, linestyle=ls, marker=marker, color=color)
         offset = (ci - (len(configs) - 1) / 2) * width
         twin.bar([x + offset for x in rounds], [r["tokens"] for r in c["rounds"]], width=width,
@@ -45,16 +49,19 @@ def plot(results: dict, path: str | Path) -> Path:
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_xticks(range(1, depth + 1))
+    ax.set_xlim(0.5, depth + 0.5)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    twin.set_ylabel("tokens per problem (cumulative, bars)")
-    ax.legend(fontsize=7, loc="upper left", ncol=max(1, len(configs) // 3 + 1))
-    ax_tok.set_title("accuracy vs tokens spent per problem", fontsize=10)
+    twin.set_ylabel("completion tokens per problem, cumulative (bars)")
+    ax_tok.set_title("accuracy vs tokens spent per problem (equal-budget view)", fontsize=10)
     ax_tok.set_xlabel("completion tokens per problem (through the round)")
     ax_tok.set_ylabel("accuracy")
     ax_tok.set_ylim(-0.02, 1.02)
     ax_tok.grid(alpha=0.3)
-    fig.tight_layout()
+    handles = [Patch(color=colors[i % len(colors)], label=c["name"]) for i, c in enumerate(configs)]
+    handles += [Line2D([], [], color="black", linestyle=ls, marker=m, label=label) for ls, m, label in _STYLES.values()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
