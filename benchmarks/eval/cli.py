@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="arithmetic", help="'arithmetic' (generated) or a JSONL file with question/answer")
     p.add_argument("--size", type=int, default=30, help="problems to generate, or the first SIZE of the JSONL (0 = all)")
     p.add_argument("--difficulty", type=int, default=1, help="arithmetic: operations per problem")
+    p.add_argument("--shots", type=int, default=1, help="arithmetic: worked examples opening each question")
     p.add_argument(
         "--config", action="append", dest="configs", metavar="SPEC",
         help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate] "
@@ -39,7 +40,7 @@ def _problems(args: argparse.Namespace) -> list:
     from benchmarks.eval.datasets import arithmetic, load_jsonl
 
     if args.dataset == "arithmetic":
-        return arithmetic(args.size, args.difficulty, args.seed)
+        return arithmetic(args.size, args.difficulty, args.seed, shots=args.shots)
     return load_jsonl(args.dataset, limit=args.size or None)
 
 
@@ -85,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
         problems = _problems(args)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"mrsa eval: {exc}") from None
-    dataset = f"arithmetic d={args.difficulty}" if args.dataset == "arithmetic" else Path(args.dataset).name
+    dataset = f"arithmetic d={args.difficulty} {args.shots}-shot" if args.dataset == "arithmetic" else Path(args.dataset).name
     meta = {"dataset": dataset, "backend": args.url or "embedded", "options": {
         k: v for k, v in vars(args).items() if k not in ("func", "command", "api_key")
     }}

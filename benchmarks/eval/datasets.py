@@ -61,41 +61,60 @@ _NAMES = [("Ava", "she", "her"), ("Ben", "he", "him"), ("Chloe", "she", "her"), 
 _ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards"]
 
 
-def _step(rng: random.Random, value: int, hi: int) -> tuple[str, int]:
-    """One operation on the running count, as a sentence, and the new count (never negative,
-    divisions exact)."""
-    ops = ["add", "sub", "mul"] + (["div"] if value >= 4 else [])
+def _step(rng: random.Random, value: int, hi: int, difficulty: int) -> tuple[str, str, int]:
+    """One operation on the running count: the sentence, its equation, the new count (never
+    negative, divisions exact). Difficulty 1 adds and subtracts, 2 also multiplies, 3+ also
+    divides."""
+    ops = ["add", "sub"] + (["mul"] if difficulty >= 2 else []) + (["div"] if difficulty >= 3 and value >= 4 else [])
     op = rng.choice(ops)
-    if op == "add":
-        b = rng.randint(2, hi)
-        return rng.choice(["Then {p} buys {b} more.", "A friend gives {p2} {b} more."]).replace("{b}", str(b)), value + b
     if op == "sub" and value > 1:
         b = rng.randint(1, min(value - 1, hi))
-        return rng.choice(["Then {p} gives away {b}.", "Then {p} loses {b}."]).replace("{b}", str(b)), value - b
+        sentence = rng.choice(["Then {p} gives away {b}.", "Then {p} loses {b}."]).replace("{b}", str(b))
+        return sentence, f"{value} - {b} = {value - b}", value - b
     if op == "div":
         divisors = [d for d in (2, 3, 4, 5) if value % d == 0]
         if divisors:
             d = rng.choice(divisors)
-            return f"Then {{p}} splits them into {d} equal piles and keeps one pile.", value // d
-    m = rng.randint(2, 3 if hi < 30 else 5)
-    return f"Then {{p}} gets {m} times as many.", value * m
+            return f"Then {{p}} splits them into {d} equal piles and keeps one pile.", f"{value} / {d} = {value // d}", value // d
+    if op == "mul":
+        m = rng.randint(2, 3 if hi < 40 else 5)
+        return f"Then {{p}} gets {m} times as many.", f"{value} * {m} = {value * m}", value * m
+    b = rng.randint(2, hi)
+    sentence = rng.choice(["Then {p} buys {b} more.", "A friend gives {p2} {b} more."]).replace("{b}", str(b))
+    return sentence, f"{value} + {b} = {value + b}", value + b
 
 
-def arithmetic(size: int, difficulty: int = 1, seed: int = 0) -> list[Problem]:
-    """``size`` word problems of ``difficulty`` operations each (1 = one addition or
-    subtraction-level step on small numbers; larger = more steps and larger numbers)."""
-    if size < 1 or difficulty < 1:
-        raise ValueError("size and difficulty must be >= 1")
-    rng = random.Random(f"arithmetic:{difficulty}:{seed}")
+def _word_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
+    """(question, worked solution, answer)."""
     hi = 10 * difficulty + 10
+    (name, pronoun, obj), item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    value = rng.randint(3, hi)
+    sentences, equations = [f"{name} has {value} {item}."], []
+    for _ in range(difficulty):
+        sentence, equation, value = _step(rng, value, hi, difficulty)
+        sentences.append(sentence.replace("{p2}", obj).replace("{p}", pronoun))
+        equations.append(equation)
+    sentences.append(f"How many {item} does {name} have now?")
+    solution = " ".join(f"{e}." for e in equations) + f" The answer is \\boxed{{{value}}}."
+    return " ".join(sentences), solution, value
+
+
+def arithmetic(size: int, difficulty: int = 1, seed: int = 0, shots: int = 0) -> list[Problem]:
+    """``size`` word problems of ``difficulty`` operations each (1: one addition or subtraction
+    on numbers up to 20; more steps, larger numbers, then multiplication and division as it
+    grows). ``shots`` worked examples of the same difficulty (drawn apart from the problems)
+    open every question: small models follow the answer format far more often with one."""
+    if size < 1 or difficulty < 1 or shots < 0:
+        raise ValueError("size and difficulty must be >= 1, shots >= 0")
+    examples_rng = random.Random(f"arithmetic-shots:{difficulty}:{seed}")
+    preamble = ""
+    for _ in range(shots):
+        question, solution, _ = _word_problem(examples_rng, difficulty)
+        preamble += f"Question: {question}\nAnswer: {solution}\n\n"
+    rng = random.Random(f"arithmetic:{difficulty}:{seed}")
     problems = []
     for i in range(size):
-        (name, pronoun, obj), item = rng.choice(_NAMES), rng.choice(_ITEMS)
-        value = rng.randint(3, hi)
-        sentences = [f"{name} has {value} {item}."]
-        for _ in range(difficulty):
-            sentence, value = _step(rng, value, hi)
-            sentences.append(sentence.replace("{p2}", obj).replace("{p}", pronoun))
-        sentences.append(f"How many {item} does {name} have now?")
-        problems.append(Problem(f"arith-d{difficulty}-s{seed}-{i}", " ".join(sentences), str(value)))
+        question, _, value = _word_problem(rng, difficulty)
+        text = f"{preamble}Question: {question}" if shots else question
+        problems.append(Problem(f"arith-d{difficulty}-s{seed}-{i}", text, str(value)))
     return problems

@@ -48,11 +48,27 @@ def test_arithmetic_problems_are_seeded_and_their_answers_right(difficulty: int)
         assert p.question.count("Then") + p.question.count("A friend") == difficulty
         assert int(p.answer) == _solve(p.question) >= 0
         assert p.messages()[0]["content"].endswith("\\boxed{}.")
+    text = " ".join(p.question for p in problems)
+    assert ("times as many" in text) == (difficulty >= 2)  # difficulty 1 only adds and subtracts
+    assert ("equal piles" in text) == (difficulty >= 3)
+
+
+def test_arithmetic_shots_open_each_question_with_worked_examples() -> None:
+    plain = arithmetic(5, 2, seed=1)
+    shot = arithmetic(5, 2, seed=1, shots=2)
+    assert [p.answer for p in shot] == [p.answer for p in plain]  # same problems
+    for p, q in zip(plain, shot):
+        examples, _, question = q.question.rpartition("Question: ")
+        assert question == p.question and examples.count("Question: ") == 2
+        for block in examples.strip().split("\n\n"):
+            ask, answer = block.split("\nAnswer: ")
+            assert answer.endswith(f"\\boxed{{{_solve(ask.removeprefix('Question: '))}}}.")
 
 
 def test_arithmetic_rejects_empty_sizes() -> None:
-    with pytest.raises(ValueError):
-        arithmetic(0)
+    for bad in ({"size": 0}, {"size": 1, "difficulty": 0}, {"size": 1, "shots": -1}):
+        with pytest.raises(ValueError):
+            arithmetic(**bad)
 
 
 def test_jsonl_unboxes_answers_and_names_bad_lines(tmp_path: Path) -> None:
@@ -211,7 +227,7 @@ def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.M
                "--tail-tokens", "16", "--trace-max-tokens", "64", "--out", str(out)])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["meta"]["dataset"] == "arithmetic d=1" and results["meta"]["problems"] == 4
+    assert results["meta"]["dataset"] == "arithmetic d=1 1-shot" and results["meta"]["problems"] == 4
     assert [len(c["rounds"]) for c in results["configs"]] == [1, 2]
     png = (out / "plot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
