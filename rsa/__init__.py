@@ -22,7 +22,7 @@ from rsa.events import (
 )
 from rsa.params import RsaLimits, RsaParamError, RsaParams
 from rsa.plan import Plan
-from rsa.prompts import ContextNeeds, ContextTooLongError, check_context
+from rsa.prompts import ContextNeeds, ContextTooLongError, NoUserMessageError, check_context
 from rsa.runner import RsaRun
 from rsa.tails import Tail, take_tail
 
@@ -35,6 +35,7 @@ __all__ = [
     "NodeFinished",
     "NodeRecord",
     "NodeStarted",
+    "NoUserMessageError",
     "NodeStatus",
     "Plan",
     "RoundCompleted",

@@ -48,6 +48,10 @@ class ContextTooLongError(ValueError):
         self.max_model_len = max_model_len
 
 
+class NoUserMessageError(ValueError):
+    """The messages hold no user message: the run has no problem to solve."""
+
+
 @dataclass(frozen=True)
 class ContextNeeds:
     """What :func:`check_context` measured: the plain prompt, the worst-case aggregation
@@ -63,7 +67,7 @@ def last_user_index(messages: Sequence[dict[str, str]]) -> int:
     for pos in range(len(messages) - 1, -1, -1):
         if messages[pos].get("role") == "user":
             return pos
-    raise ValueError("messages must contain a user message")
+    raise NoUserMessageError("messages must contain a user message: it is the problem the run solves")
 
 
 def _candidate(tail: Tail) -> str:
@@ -114,6 +118,7 @@ def check_context(
     calls exist only when ``rounds > 1`` (trace generation) or the selection may aggregate (final
     generation), so only those terms count. Raises :class:`ContextTooLongError` with the numbers.
     """
+    last_user_index(messages)  # NoUserMessageError before any work
     prompt_tokens = len(tokenizer.apply_chat_template(messages))
     plain = prompt_tokens + params.trace_max_tokens
     if plain > max_model_len:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from engine.base import Completion, Engine, EngineError, SamplingParams
-from rsa import ContextTooLongError, RsaParamError, RsaParams, RsaRun
+from rsa import ContextTooLongError, NoUserMessageError, RsaParamError, RsaParams, RsaRun
 from rsa.events import (
     FinalDelta,
     FinalStarted,
@@ -137,7 +137,7 @@ async def _submit_run(body: ChatCompletionRequest, request: Request, engine: Eng
     run_id = new_run_id()
     try:
         run = RsaRun(engine, body.chat(), params, run_id=f"{run_id}-a1")
-    except ContextTooLongError as exc:
+    except (ContextTooLongError, NoUserMessageError) as exc:
         raise _context_error(exc) from None
     runs = _runs(request)
     ticket = _admit(runs.admission)
@@ -251,7 +251,9 @@ def _rsa_params(body: ChatCompletionRequest, settings: Settings) -> RsaParams:
     return params
 
 
-def _context_error(exc: ContextTooLongError) -> APIError:
+def _context_error(exc: ContextTooLongError | NoUserMessageError) -> APIError:
+    if isinstance(exc, NoUserMessageError):
+        return APIError(str(exc), param="messages", code="invalid_value")
     return APIError(str(exc), param="messages", code="context_length_exceeded")
 
 
@@ -332,7 +334,7 @@ async def _rsa_completion(
     messages = body.chat()
     try:  # the run checks that prompt + K*tau + template + trace tokens fit, before any work
         run = RsaRun(engine, messages, params, run_id=chunks.id)
-    except ContextTooLongError as exc:
+    except (ContextTooLongError, NoUserMessageError) as exc:
         raise _context_error(exc) from None
     ticket = _admit(_runs(request).admission)
     logs.bind_run(chunks.id)

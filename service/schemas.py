@@ -9,9 +9,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from rsa.params import RsaParams
+
+# The OpenAPI schema documents the rsa object field by field (every field optional: server
+# defaults fill the rest), while the request keeps it raw so errors can name `rsa.<field>`.
+# RsaParams' own defaults are left out: the server's defaults (settings) are what apply.
+_RSA = RsaParams.model_json_schema()
+RSA_SCHEMA = {
+    **_RSA,
+    "title": "RsaObject",
+    "properties": {
+        name: {k: v for k, v in prop.items() if k != "default"} for name, prop in _RSA["properties"].items()
+    },
+}
 
 
 class TextPart(BaseModel):
@@ -54,7 +68,7 @@ class ChatCompletionRequest(BaseModel):
     background: bool = Field(
         False, description="RSA only: return a run object at once; follow it under /v1/rsa/runs/{id}."
     )
-    rsa: dict[str, Any] | None = Field(
+    rsa: Annotated[dict[str, Any], WithJsonSchema(RSA_SCHEMA)] | None = Field(
         None, description="Markovian RSA parameters (see rsa.params.RsaParams); omit for plain."
     )
 
