@@ -85,7 +85,13 @@ def _step(rng: random.Random, value: int, hi: int, difficulty: int) -> tuple[str
 
 
 def _word_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
-    """(question, worked solution, answer)."""
+    """(question, worked solution, answer). Difficulty 0 is a bare sum or difference of two
+    one-digit numbers, with no story around it."""
+    if difficulty == 0:
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        a, b, op = (max(a, b), min(a, b), "-") if rng.random() < 0.5 else (a, b, "+")
+        value = a + b if op == "+" else a - b
+        return f"What is {a} {op} {b}?", f"{a} {op} {b} = {value}. The answer is \\boxed{{{value}}}.", value
     hi = 10 * difficulty + 10
     (name, pronoun, obj), item = rng.choice(_NAMES), rng.choice(_ITEMS)
     value = rng.randint(3, hi)
@@ -100,12 +106,12 @@ def _word_problem(rng: random.Random, difficulty: int) -> tuple[str, str, int]:
 
 
 def arithmetic(size: int, difficulty: int = 1, seed: int = 0, shots: int = 0) -> list[Problem]:
-    """``size`` word problems of ``difficulty`` operations each (1: one addition or subtraction
-    on numbers up to 20; more steps, larger numbers, then multiplication and division as it
+    """``size`` word problems of ``difficulty`` operations each (0: a bare one-digit sum or
+    difference; 1: one addition or subtraction on numbers up to 20; more steps, larger numbers, then multiplication and division as it
     grows). ``shots`` worked examples of the same difficulty (drawn apart from the problems)
     open every question: small models follow the answer format far more often with one."""
-    if size < 1 or difficulty < 1 or shots < 0:
-        raise ValueError("size and difficulty must be >= 1, shots >= 0")
+    if size < 1 or difficulty < 0 or shots < 0:
+        raise ValueError("size must be >= 1, difficulty and shots >= 0")
     examples_rng = random.Random(f"arithmetic-shots:{difficulty}:{seed}")
     preamble = ""
     for _ in range(shots):

@@ -53,6 +53,14 @@ def test_arithmetic_problems_are_seeded_and_their_answers_right(difficulty: int)
     assert ("equal piles" in text) == (difficulty >= 3)
 
 
+def test_difficulty_zero_is_bare_one_digit_arithmetic() -> None:
+    problems = arithmetic(40, 0, seed=2)
+    for p in problems:
+        a, op, b = re.fullmatch(r"What is (\d) ([+-]) (\d)\?", p.question).groups()
+        assert int(p.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
+    assert {"+", "-"} <= {p.question.split()[3] for p in problems}
+
+
 def test_arithmetic_shots_open_each_question_with_worked_examples() -> None:
     plain = arithmetic(5, 2, seed=1)
     shot = arithmetic(5, 2, seed=1, shots=2)
@@ -66,7 +74,7 @@ def test_arithmetic_shots_open_each_question_with_worked_examples() -> None:
 
 
 def test_arithmetic_rejects_empty_sizes() -> None:
-    for bad in ({"size": 0}, {"size": 1, "difficulty": 0}, {"size": 1, "shots": -1}):
+    for bad in ({"size": 0}, {"size": 1, "difficulty": -1}, {"size": 1, "shots": -1}):
         with pytest.raises(ValueError):
             arithmetic(**bad)
 
