@@ -194,8 +194,10 @@ async function startRun(ev) {
 }
 
 async function followRun(id) {
-  $("ask").style.display = "none";
+  state = freshState();
+  $("error").textContent = "";
   setStatus("starting", `following run ${id}…`);
+  schedule();
   const response = await fetch(`/v1/rsa/runs/${encodeURIComponent(id)}/events`, { headers: headers() });
   if (!response.ok) return failed(response);
   await readSSE(response, onChunk);
@@ -253,7 +255,8 @@ function render() {
     const g = el("g", { class: "node final", id: "final-node", "data-status": state.phase === "completed" ? "finished" : "running", "data-answer": state.final.answer ?? "" }, boxes);
       const fill = state.final.answer != null ? colorOf(state.final.answer) : "#fff";
     el("rect", { x: to.x, y: to.y, width: BOX_W, height: BOX_H, rx: 6, fill, "stroke-width": 2.5 }, g);
-    label(g, to, `final · ${state.final.mode || ""}`, state.final.answer ?? "…", fill);
+    const shown = state.final.answer ?? (state.phase === "completed" ? "no answer" : "…");
+    label(g, to, `final · ${state.final.mode || ""}`, shown, fill);
   }
   renderLegend();
 }
@@ -303,7 +306,17 @@ function renderLegend() {
 
 // ------------------------------------------------------------------ start
 
-$("ask").addEventListener("submit", startRun);
-const params = new URLSearchParams(location.search);
-if (params.get("run")) followRun(params.get("run")).catch((err) => showError(String(err)));
+const followed = new URLSearchParams(location.search).get("run");
+if (followed) {
+  // Following a background run: only the API key field stays (a 401 can be answered with it).
+  for (const label of document.querySelectorAll("#ask label")) {
+    if (!label.contains($("api_key"))) label.style.display = "none";
+  }
+  $("start").textContent = "Follow run";
+  const follow = (ev) => { if (ev) ev.preventDefault(); followRun(followed).catch((err) => showError(String(err))); };
+  $("ask").addEventListener("submit", follow);
+  follow();
+} else {
+  $("ask").addEventListener("submit", startRun);
+}
 render();
