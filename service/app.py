@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
             Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s),
         )
         app.state.runs = runs
+        for pool in (app.state.plain_admission, runs.admission):  # scraped, never stale
+            metrics.track_admission(pool.what, lambda p=pool: p.queued, lambda p=pool: p.running)
         resumed = await runs.start()
         if resumed:
             log.info("resumed %d background runs", resumed)

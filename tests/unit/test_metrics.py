@@ -143,3 +143,23 @@ async def test_background_runs_feed_the_same_metrics(client) -> None:
         await asyncio.sleep(0.01)
     assert (await http.delete(f"/v1/rsa/runs/{slow}")).status_code == 200
     assert snap.delta()[3] == 1
+
+
+async def test_admission_pools_report_queue_depth_and_running() -> None:
+    engine = FakeEngine(delay=0.02)
+    settings = Settings(admission={"max_running_runs": 1, "max_queued_runs": 4})
+    app = create_app(settings, engine_factory=lambda _: engine)
+    body = {**BODY, "rsa": {**RSA, "population": 2, "k": 1}}
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            first = (await http.post("/v1/rsa/runs", json=body)).json()["id"]
+            second = (await http.post("/v1/rsa/runs", json=body)).json()["id"]
+            text = (await http.get("/metrics")).text
+            assert 'mrsa_admission_queue_depth{pool="runs"} 1.0' in text
+            assert 'mrsa_admission_running{pool="runs"} 1.0' in text
+            assert 'mrsa_admission_running{pool="requests"} 0.0' in text
+            for run_id in (second, first):
+                await http.delete(f"/v1/rsa/runs/{run_id}")
+            text = (await http.get("/metrics")).text
+            assert 'mrsa_admission_queue_depth{pool="runs"} 0.0' in text
+            assert 'mrsa_admission_running{pool="runs"} 0.0' in text
