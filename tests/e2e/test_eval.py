@@ -1,0 +1,32 @@
+"""``mrsa eval --url`` against the real server: the populations it scores are the ones the
+server's progress chunks reported, and it leaves results.json and plot.png."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.conftest import ROOT, Server
+
+
+def test_mrsa_eval_through_the_service(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "eval", "--url", server.url, "--size", "2", "--difficulty", "0",
+         "--config", "single", "--config", "rsa:n=2,k=2,t=2", "--trace-max-tokens", "32",
+         "--tail-tokens", "16", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["meta"]["model"] == server.model and results["meta"]["backend"] == server.url
+    single, rsa = results["configs"]
+    assert single["errors"] == rsa["errors"] == 0
+    for run in rsa["runs"]:
+        assert [len(row) for row in run["answers"]] == [2, 2]
+        assert 0 < sum(run["round_tokens"]) <= run["completion_tokens"] <= 2 * 2 * 32
+    assert [r["round"] for r in rsa["rounds"]] == [1, 2]
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert "pass@1" in proc.stdout  # the results table
