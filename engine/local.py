@@ -72,7 +72,16 @@ class LocalEngine:
 
         model = resolve_model(config)
         dtype = config.dtype
+        scheduling: dict = {}
         if current_platform.is_cpu():
+            # After a partial (chunked) prefill vLLM rewinds the request's seeded generator,
+            # which a CPU generator cannot do ("CPU Generator does not use offset"): the engine
+            # died as soon as concurrent seeded prompts overflowed one step's token budget, and
+            # every RSA trace is seeded. Whole prompts only, as vLLM itself does for MLA on CPU.
+            scheduling = {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(config.max_model_len or 8192, 2048),
+            }
             # Read by the engine-core process when it sizes the KV cache.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_space_gib:g}")
             if dtype == "auto" and not cpu_has_native_bf16():
@@ -89,6 +98,7 @@ class LocalEngine:
             enforce_eager=config.enforce_eager,
             seed=config.seed,
             disable_log_stats=True,
+            **scheduling,
         )
         log.info("starting vLLM engine for %s", model)
         self._llm = AsyncLLM.from_engine_args(args)

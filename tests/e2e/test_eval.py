@@ -30,3 +30,16 @@ def test_mrsa_eval_through_the_service(server: Server, tmp_path: Path) -> None:
     assert [r["round"] for r in rsa["rounds"]] == [1, 2]
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "pass@1" in proc.stdout  # the results table
+
+
+def test_concurrent_seeded_prompts_over_one_steps_budget_keep_the_engine_alive(server: Server) -> None:
+    """Eight seeded traces whose prompts (about 740 tokens each) overflow one engine step's
+    2048-token budget: vLLM-CPU used to chunk them and die rewinding their generators."""
+    question = "Read this: " + " ".join(f"w{i}" for i in range(200)) + ". What is 2 + 3? Answer in \\boxed{}."
+    rsa = {"population": 8, "k": 2, "rounds": 1, "tail_tokens": 8, "trace_max_tokens": 8, "seed": 3,
+           "selection": "majority"}
+    out = server.client().chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": question}], extra_body={"rsa": rsa}
+    )
+    assert out.usage.prompt_tokens > 8 * 300 and out.model_extra["rsa"]["calls"] == 8
+    assert server.in_flight() == 0
