@@ -33,7 +33,10 @@ Routing and failure handling, per request (one request = one trace):
   :class:`UpstreamUnavailable` (an ``EngineError`` with status 503).
 
 ``abort`` cancels the request's task, which closes the upstream HTTP response; vLLM aborts a
-request whose client went away.
+request whose client went away. Two rules keep that close from being lost: the task is
+cancelled at most once (a second ``cancel()`` would interrupt the first one's cleanup halfway,
+leaving the connection open and the replica generating for nobody), and the response is
+closed in a shielded task that no cancellation can cut short.
 """
 
 from __future__ import annotations
@@ -324,7 +327,7 @@ class RemoteEngine:
                 del self._traces[request_id]
             task = trace.task
             if not task.done():
-                task.cancel()
+                _cancel_once(task)
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -332,7 +335,7 @@ class RemoteEngine:
         trace = self._traces.get(request_id)
         if trace is not None and trace.task is not None and not trace.task.done():
             trace.aborted = True
-            trace.task.cancel()
+            _cancel_once(trace.task)
 
     def num_in_flight(self) -> int:
         return self._in_flight
@@ -348,7 +351,7 @@ class RemoteEngine:
     def shutdown(self) -> None:
         for trace in list(self._traces.values()):
             if trace.task is not None:
-                trace.task.cancel()
+                _cancel_once(trace.task)
         if self._health_task is not None:
             self._health_task.cancel()
         try:
@@ -481,7 +484,8 @@ class RemoteEngine:
         replica.outstanding += 1
         replica.sent += 1
         try:
-            async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body) as resp:
+            request = self._client.build_request("POST", f"{replica.url}/v1/completions", json=body)
+            async with _closing_shielded(await self._client.send(request, stream=True)) as resp:
                 if resp.status_code != 200:
                     await self._fail_status(resp)
                 async for line in resp.aiter_lines():
@@ -566,6 +570,26 @@ class RemoteEngine:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             message = json.loads(body)["error"]["message"]
         raise UpstreamRejected(f"upstream rejected the request ({status}): {message}")
+
+
+def _cancel_once(task: asyncio.Task) -> None:
+    """Cancel ``task`` unless a cancellation is already under way (see the module docstring)."""
+    if not task.cancelling():
+        task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _closing_shielded(resp: httpx.Response) -> AsyncIterator[httpx.Response]:
+    """Yield ``resp``; close it on the way out even if this task is being cancelled.
+
+    Closing an unfinished streamed response drops its connection, which is how the replica
+    learns that nobody wants the rest. A bare ``await resp.aclose()`` interrupted by a
+    cancellation would skip that.
+    """
+    try:
+        yield resp
+    finally:
+        await asyncio.shield(asyncio.ensure_future(resp.aclose()))
 
 
 def _raise_stream_error(error: dict) -> None:

@@ -57,6 +57,12 @@ class Replica:
         pattern = r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$"
         return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
 
+    def generated(self) -> float:
+        """Tokens this replica has generated so far (vLLM's counter)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        pattern = r"^vllm:generation_tokens_total\{[^}]*\} ([0-9.e+]+)$"
+        return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
     def kill(self) -> None:
         """SIGKILL the whole process group: the API server and its EngineCore child."""
         if self.proc.poll() is None:
@@ -181,6 +187,36 @@ def test_rsa_run_spreads_traces_over_both_replicas(cluster: Cluster) -> None:
     assert served[0] >= 2 and served[1] >= 2, f"requests per replica {served}"
     assert served[0] + served[1] == 9  # no retries were needed: one upstream request per call
     assert cluster.proxy.counts["completions"] == served[1]
+
+
+def test_disconnect_aborts_the_upstream_requests(cluster: Cluster) -> None:
+    """A client that hangs up mid-run leaves nothing generating on any replica."""
+    # 500-token traces (ignore EOS): requests left running upstream would go on generating
+    # for many seconds after the hang-up.
+    rsa = {"population": 4, "k": 2, "rounds": 3, "tail_tokens": 24, "trace_max_tokens": 500, "seed": 5}
+    body = {"model": cluster.server.model, "messages": QUESTION, "stream": True, "rsa": rsa, "ignore_eos": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", f"{cluster.server.url}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            start = (cluster.a.generated(), cluster.b.generated())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                cluster.a.generated() > start[0] and cluster.b.generated() > start[1]
+            ):
+                time.sleep(0.2)
+            assert cluster.a.generated() > start[0] and cluster.b.generated() > start[1], "replicas idle"
+            assert cluster.server.in_flight() > 0
+    # the connection is closed: every upstream request of the run must be aborted
+    deadline = time.monotonic() + 3
+    while cluster.server.in_flight() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cluster.server.in_flight() == 0
+    # vLLM's running-requests gauge goes stale on an idle engine; its token counter does not:
+    # once the aborts have landed, neither replica generates another token.
+    time.sleep(2)
+    before = (cluster.a.generated(), cluster.b.generated())
+    time.sleep(4)
+    assert (cluster.a.generated(), cluster.b.generated()) == before, "a replica kept generating"
 
 
 def test_faults_injected_by_the_proxy_are_survived(cluster: Cluster) -> None:
