@@ -239,3 +239,14 @@ def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.M
     assert [len(c["rounds"]) for c in results["configs"]] == [1, 2]
     png = (out / "plot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+async def test_markdown_table_has_a_row_per_config_and_round() -> None:
+    from benchmarks.eval.report.table import markdown_table
+
+    problems = arithmetic(2, 1, seed=0)
+    configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=2,k=1,t=3")]
+    results = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems)
+    rows = markdown_table(results).splitlines()[2:]
+    assert [r.split("|")[1:3] for r in rows] == [[" single ", " 1 "], [" rsa N=2 K=1 T=3 ", " 1 "], ["  ", " 2 "], ["  ", " 3 "]]
+    assert rows[0].split("|")[7].strip() == f"{results['configs'][0]['final_accuracy']:.3f}"

@@ -19,3 +19,20 @@ def results_table(results: dict) -> Table:
                 f"{c['final_accuracy']:.3f}" if last else "", f"{c['wall_s']:.0f}" if last else "",
             )
     return table
+
+
+def markdown_table(results: dict) -> str:
+    """The same rows as a Markdown table (for reports and the README)."""
+    lines = ["| config | round | pass@1 | majority | pass@N | tokens/problem | final acc | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in results["configs"]:
+        for i, r in enumerate(c["rounds"]):
+            last = i == len(c["rounds"]) - 1
+            final = f"{c['final_accuracy']:.3f}" if last else ""
+            wall = f"{c['wall_s']:.0f}" if last else ""
+            name = c["name"] if i == 0 else ""
+            lines.append(
+                f"| {name} | {r['round']} | {r['pass1']:.3f} | {r['majority']:.3f} | {r['pass_n']:.3f} | "
+                f"{r['tokens']:.0f} | {final} | {wall} |"
+            )
+    return "\n".join(lines)
