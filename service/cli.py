@@ -80,6 +80,10 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench_args[:1] == ["load"]:  # its own flags: mrsa bench load --help
+        from benchmarks.load import main as load_main
+
+        return load_main(args.bench_args[1:])
     from benchmarks.run import main as bench_main
 
     return bench_main(args.bench_args)
@@ -137,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--cache-dir")
     prov.set_defaults(func=_provision)
 
-    bench = sub.add_parser("bench", help="benchmarks P1 (HTTP overhead) and P3 (dataflow vs rounds)")
+    bench = sub.add_parser(
+        "bench", help="benchmarks P1 (HTTP overhead) and P3 (dataflow vs rounds); `bench load`: concurrent clients"
+    )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 

@@ -152,24 +152,28 @@ class RunManager:
         """``(seq, event)`` after ``after`` until the run ended and its last event was sent;
         ``None`` as a heartbeat when nothing happened for ``heartbeat_s``."""
         store = self._open()
-        while True:
-            changed = self._changed.setdefault(run_id, asyncio.Event())
-            changed.clear()
-            batch = await store.events(run_id, after)
-            for seq, event in batch:
-                after = seq
-                yield seq, event
-            if batch:
-                continue
-            run = await store.get(run_id)
-            if run is None or (run.terminal and run_id not in self._tasks):
-                if not await store.events(run_id, after):
-                    return
-                continue
-            try:
-                await asyncio.wait_for(changed.wait(), heartbeat_s)
-            except TimeoutError:
-                yield None
+        try:
+            while True:
+                changed = self._changed.setdefault(run_id, asyncio.Event())
+                changed.clear()
+                batch = await store.events(run_id, after)
+                for seq, event in batch:
+                    after = seq
+                    yield seq, event
+                if batch:
+                    continue
+                run = await store.get(run_id)
+                if run is None or (run.terminal and run_id not in self._tasks):
+                    if not await store.events(run_id, after):
+                        return
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), heartbeat_s)
+                except TimeoutError:
+                    yield None
+        finally:
+            if run_id not in self._tasks:  # an ended run needs no wake-ups
+                self._changed.pop(run_id, None)
 
     # ------------------------------------------------------------------------ execution
 
