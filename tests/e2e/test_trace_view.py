@@ -19,6 +19,11 @@ ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+# A worked example first: the small default model then boxes an answer more often.
+ONE_SHOT = (
+    "Question: What is 8 - 6? Answer: 8 - 6 = 2. The answer is \\boxed{2}. "
+    "Question: What is 7 + 5? Answer:"
+)
 RUN = {"population": 3, "k": 2, "rounds": 2, "tail_tokens": 32, "trace_max_tokens": 48, "seed": 7}
 
 
@@ -52,7 +57,7 @@ def _fill(page: Page, values: dict) -> None:
 
 def test_trace_view_draws_a_live_run(server: Server, page: Page) -> None:
     page.goto(f"{server.url}/trace")
-    _fill(page, RUN)
+    _fill(page, {**RUN, "question": ONE_SHOT})
     page.click("#start")
     # node_started events draw boxes before their traces end
     page.wait_for_selector('g.node[data-round][data-status="running"]', timeout=120_000)
