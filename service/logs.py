@@ -24,7 +24,7 @@ RUN_ID: ContextVar[str | None] = ContextVar("mrsa_run_id", default=None)
 HEADER = "x-request-id"
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and becomes a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 def bind_run(run_id: str) -> None:

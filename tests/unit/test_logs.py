@@ -58,7 +58,9 @@ def test_uvicorn_access_records_become_fields() -> None:
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
         ("127.0.0.1:5000", "GET", "/health", "1.1", 200), None,
     )
+    record.color_message = "\x1b[36m%s\x1b[0m"  # uvicorn's ANSI twin of the message: dropped
     entry = json.loads(logs.JsonFormatter().format(record))
+    assert "color_message" not in entry
     assert entry["msg"] == '127.0.0.1:5000 - "GET /health HTTP/1.1" 200'
     assert (entry["method"], entry["path"], entry["status"], entry["client"]) == ("GET", "/health", 200, "127.0.0.1:5000")
 
