@@ -69,20 +69,20 @@ class RssSampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.period = period
         self.samples: list[tuple[float, int, int]] = []  # (t, server rss, tree rss)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 server = self.root.memory_info().rss
                 tree = server + sum(_rss(c) for c in self.root.children(recursive=True))
                 self.samples.append((time.monotonic(), server, tree))
             except psutil.NoSuchProcess:
                 return
-            self._stop.wait(self.period)
+            self._halt.wait(self.period)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -205,8 +205,10 @@ def run(args: argparse.Namespace) -> dict:
             time.sleep(1.0)
             stats = Stats()
             t0 = time.monotonic()
+            print(f"server up ({model}); {args.clients} clients x {args.requests} requests", flush=True)
             wall = asyncio.run(_load(url, model, args, stats))
             t1 = time.monotonic()
+            print(f"load done in {wall:.1f} s: {stats.statuses}", flush=True)
             time.sleep(2.0)  # what the service keeps once the load is gone
             after = httpx.get(f"{url}/health", timeout=10).json()
             sampler.stop()
