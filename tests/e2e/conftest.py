@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +68,7 @@ def start_server(
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: a kill reaches the engine core too
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -79,17 +82,23 @@ def start_server(
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    proc.kill()
+    _kill_group(proc)
     raise RuntimeError(f"server did not start in {timeout}s:\n{log.read_text()[-4000:]}")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM (the server shuts its engine down), then SIGKILL whatever of its group is left."""
     proc.terminate()
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the server's process group, so no engine process outlives it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")
