@@ -70,6 +70,17 @@ def _owner(request: Request) -> str:
     return getattr(request.state, "owner", "")
 
 
+def _served(body: ChatCompletionRequest, request: Request) -> Engine:
+    """The engine, once ``body.model`` is the model it serves (404 otherwise)."""
+    engine = _engine(request)
+    if body.model != engine.model_name:
+        raise APIError(
+            f"The model `{body.model}` does not exist. Available: `{engine.model_name}`.",
+            status=404, param="model", code="model_not_found",
+        )
+    return engine
+
+
 def _admit(admission) -> Ticket:
     try:
         return admission.admit()
@@ -97,14 +108,7 @@ async def models(request: Request) -> ModelList:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    engine = _engine(request)
-    if body.model != engine.model_name:
-        raise APIError(
-            f"The model `{body.model}` does not exist. Available: `{engine.model_name}`.",
-            status=404,
-            param="model",
-            code="model_not_found",
-        )
+    engine = _served(body, request)
     if body.background:
         if body.rsa is None:
             raise APIError("background needs an rsa object: only RSA runs run in the background", param="background")
@@ -121,12 +125,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/rsa/runs", status_code=202, response_model=None)
 async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
     """Start a background RSA run (the body of a chat completion; ``rsa`` defaults to {})."""
-    engine = _engine(request)
-    if body.model != engine.model_name:
-        raise APIError(
-            f"The model `{body.model}` does not exist. Available: `{engine.model_name}`.",
-            status=404, param="model", code="model_not_found",
-        )
+    engine = _served(body, request)
     return await _submit_run(body.model_copy(update={"rsa": body.rsa or {}}), request, engine)
 
 
