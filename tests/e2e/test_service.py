@@ -273,7 +273,7 @@ def test_server_is_healthy_and_idle_after_all_of_that(server: Server) -> None:
     wait_idle(server, within=5.0)
     out = server.client().chat.completions.create(model=server.model, messages=QUESTION, max_tokens=4)
     assert out.usage.completion_tokens > 0
-    metrics = httpx.get(f"{server.url}/metrics/").text
+    metrics = httpx.get(f"{server.url}/metrics").text
     assert "mrsa_rsa_runs_total" in metrics
     assert json.loads(httpx.get(f"{server.url}/health").text)["in_flight"] == 0
 
