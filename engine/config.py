@@ -6,6 +6,8 @@ service/ importing vLLM.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -33,6 +35,11 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = Field(256, ge=1, description="Sequences batched together per step.")
     enforce_eager: bool = Field(True, description="Skip graph capture (faster start).")
     seed: int = Field(0, description="Engine seed; every trace also carries its own seed.")
+    cca_ops: Literal["auto", "triton", "reference"] = Field(
+        "auto",
+        description="ZAYA models' CCA q/k/v step: the Triton kernels (auto: on CUDA) or the "
+        "PyTorch reference (auto: elsewhere). triton on a CPU runs Triton's interpreter (tests).",
+    )
     cache_dir: str | None = Field(
         None, description="Where the default model is provisioned (default ~/.cache/markovian-rsa)."
     )

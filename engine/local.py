@@ -88,6 +88,10 @@ class LocalEngine:
                 # vLLM's "auto" downcasts fp32 checkpoints to bf16 on the CPU; without bf16
                 # instructions that is emulated (measured 4x slower on an AVX2 host).
                 dtype = "float32"
+        # Read by the ZAYA plugin in the engine's worker processes (engine/zaya/state.py).
+        os.environ["MRSA_CCA_OPS"] = config.cca_ops
+        if config.cca_ops == "triton" and not current_platform.is_cuda_alike():
+            os.environ["TRITON_INTERPRET"] = "1"
         args = AsyncEngineArgs(
             model=model,
             served_model_name=[self._served_name(config, model)],

@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
                 "dtype": args.dtype,
                 "gpu_memory_utilization": args.gpu_memory_utilization,
                 "cpu_kvcache_space_gib": args.cpu_kvcache_space,
+                "cca_ops": args.cca_ops,
                 "upstreams": args.upstreams,
             }.items()
             if v is not None
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype")
     serve.add_argument("--gpu-memory-utilization", type=float)
     serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
+    serve.add_argument(
+        "--cca-ops", choices=["auto", "triton", "reference"],
+        help="ZAYA's CCA q/k/v step: Triton kernels or PyTorch reference (auto: Triton on CUDA)",
+    )
     serve.add_argument("--log-level")
     serve.add_argument(
         "--log-format", choices=["json", "text"],

@@ -10,11 +10,14 @@ in the attention metadata and frees them with the request.
 It reuses vLLM's SHORT_CONV state backend: its metadata (decode tokens first, then prefill
 requests with their ``query_start_loc_p``, slots and ``has_initial_states_p``) is exactly what a
 causal-conv layer needs, and CCA's conv is one. The backend's own conv kernels are not used; the
-CCA ops run on the slots directly (Triton on CUDA, the PyTorch reference elsewhere).
+CCA ops run on the slots directly (:func:`cca_ops`: Triton on CUDA, the PyTorch reference
+elsewhere, unless :data:`OPS_ENV` says otherwise).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 
 import torch
@@ -34,15 +37,31 @@ def state_shapes(cfg: object) -> tuple[tuple[int, int], tuple[int]]:
     return (s, (hq + hk) * d), (hk * d // 2,)
 
 
-def cca_ops(device: torch.device) -> tuple[Callable[..., CCAPrefillOut], Callable[..., object]]:
-    """(prefill, decode): the fused Triton kernels on CUDA, the PyTorch reference elsewhere.
-    Both pairs share one signature (kernels/cca), so the layer code is the same."""
-    if device.type == "cuda":
-        from kernels.cca.decode import cca_decode
-        from kernels.cca.prefill import cca_prefill
+OPS_ENV = "MRSA_CCA_OPS"
+"""How the engine's settings (``EngineConfig.cca_ops``) reach the model in vLLM's worker
+processes: ``auto`` (Triton on CUDA, the reference elsewhere), ``triton`` or ``reference``."""
 
-        return cca_prefill, cca_decode
-    return cca_prefill_ref, cca_decode_ref
+
+def cca_ops(device: torch.device) -> tuple[Callable[..., CCAPrefillOut], Callable[..., object]]:
+    """(prefill, decode) for ``device`` under :data:`OPS_ENV`. The Triton and reference pairs
+    share one signature (kernels/cca), so the layer code is the same either way."""
+    return _ops(device.type, os.environ.get(OPS_ENV, "auto"))
+
+
+@functools.cache
+def _ops(device_type: str, mode: str) -> tuple[Callable[..., CCAPrefillOut], Callable[..., object]]:
+    if mode not in ("auto", "triton", "reference"):
+        raise ValueError(f"{OPS_ENV}={mode!r}: expected auto, triton or reference")
+    if mode == "reference" or (mode == "auto" and device_type != "cuda"):
+        return cca_prefill_ref, cca_decode_ref
+    if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        # Triton compiles for GPUs only; on other devices its interpreter runs the same kernels
+        # (slowly), which is how CPU tests exercise this path inside vLLM.
+        raise RuntimeError(f"{OPS_ENV}=triton on {device_type} needs TRITON_INTERPRET=1 in the engine's environment")
+    from kernels.cca.decode import cca_decode
+    from kernels.cca.prefill import cca_prefill
+
+    return cca_prefill, cca_decode
 
 
 class CCAState(MambaBase, nn.Module):

@@ -1,5 +1,5 @@
 """Fixtures for the ZAYA plugin tests: the tiny checkpoint (written by the repo's own script)
-and one real vLLM run over it (tests/zaya/vllm_run.py), both once per session."""
+and real vLLM runs over it (tests/zaya/vllm_run.py), one per CCA path, once per session."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ def tiny_zaya(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def vllm_results(tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("zaya-vllm") / "results.json"
+@pytest.fixture(scope="session", params=["reference", "triton"])
+def vllm_results(request: pytest.FixtureRequest, tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One engine run per CCA path: the PyTorch reference (what CPU hosts serve with) and the
+    fused Triton kernels (what CUDA hosts serve with), here through Triton's interpreter."""
+    ops = request.param
+    out = tmp_path_factory.mktemp(f"zaya-vllm-{ops}") / "results.json"
     log = out.with_suffix(".log")
     with log.open("wb") as f:
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.zaya.vllm_run", str(tiny_zaya), str(out)],
+            [sys.executable, "-m", "tests.zaya.vllm_run", str(tiny_zaya), str(out), ops],
             cwd=ROOT,
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -35,4 +38,6 @@ def vllm_results(tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         )
     if proc.returncode != 0:
         raise RuntimeError(f"vLLM run failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
-    return json.loads(out.read_text())
+    res = json.loads(out.read_text())
+    res["ops"] = ops
+    return res

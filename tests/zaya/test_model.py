@@ -67,6 +67,18 @@ def test_greedy_decode_matches_transformers(hf_model: Any, vllm_results: dict[st
         assert len(set(theirs)) > 3  # a non-degenerate continuation
 
 
+def test_engine_ran_the_requested_cca_ops(vllm_results: dict[str, Any]) -> None:
+    """The comparisons above hold for the path asked for: the Triton kernels really ran inside
+    the engine (NaN-poisoned outputs, so every element they return was written)."""
+    expected = {
+        "reference": ["kernels.cca.reference", "kernels.cca.reference"],
+        "triton": ["kernels.cca.prefill", "kernels.cca.decode"],
+    }[vllm_results["ops"]]
+    assert vllm_results["cca_ops"]["modules"] == expected
+    # Every layer of every forward step (profiling, prefill chunks, 32+ decode steps) asks.
+    assert vllm_results["cca_ops"]["calls"] > 4 * 32
+
+
 def test_kv_cache_holds_compressed_kv_and_cca_states(vllm_results: dict[str, Any]) -> None:
     from transformers import AutoConfig
 

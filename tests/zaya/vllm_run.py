@@ -1,18 +1,24 @@
 """Run the tiny ZAYA checkpoint through a real vLLM engine and dump what the tests compare.
 
-    python -m tests.zaya.vllm_run CHECKPOINT OUT.json
+    python -m tests.zaya.vllm_run CHECKPOINT OUT.json [auto|triton|reference]
 
 Its own process, so the engine's threads, memory and environment stay out of pytest. The engine
 core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so its KV-cache config can be
 read. ``max_num_batched_tokens`` is small on purpose: longer prompts are prefilled in chunks,
 interleaved with other requests' decode steps.
 
+The third argument picks the CCA ops (``MRSA_CCA_OPS``). ``triton`` runs the fused kernels
+inside the engine through Triton's interpreter (the path CUDA hosts take, on the CPU), with every
+kernel output buffer NaN-filled first, so an element a kernel fails to write shows up as NaN.
+
 Output JSON:
 - ``logits``: per prompt, ``[L][V]`` raw logits at every prompt position (position i predicts
   token i+1; the last row is the first generated step's), from ``prompt_logprobs`` and
   ``logprobs`` with ``logprobs_mode="raw_logits"`` over the full vocabulary;
 - ``greedy``: per prompt, 32 greedily decoded tokens, all prompts submitted together;
-- ``kv_groups``: the engine's KV-cache groups (spec type, fields, page bytes, layer names).
+- ``kv_groups``: the engine's KV-cache groups (spec type, fields, page bytes, layer names);
+- ``cca_ops``: the modules of the (prefill, decode) functions the model ran, and how many
+  forward steps asked for them.
 """
 
 from __future__ import annotations
@@ -36,10 +42,20 @@ def prompts(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
     return [body(n) for n in (1, 5, 19, 47, 90)], [body(n) for n in (3, 11, 26, 40, 71, 2)]
 
 
-def main(model: str, out: str) -> None:
+def main(model: str, out: str, ops: str = "auto") -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ["MRSA_CCA_OPS"] = ops
+    if ops == "triton":
+        os.environ["TRITON_INTERPRET"] = "1"  # before kernels.cca is imported
+        import torch
+
+        from kernels.cca import _args
+
+        _args.empty = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
     from vllm import LLM, SamplingParams
+
+    from engine.zaya import state
 
     llm = LLM(
         model=model,
@@ -97,9 +113,14 @@ def main(model: str, out: str) -> None:
                 **fields,
             }
         )
+    import torch
+
+    calls = state._ops.cache_info().hits + state._ops.cache_info().misses
+    used = state.cca_ops(torch.device("cpu"))
     with open(out, "w") as f:
         json.dump(
             {
+                "cca_ops": {"modules": [f.__module__ for f in used], "calls": calls},
                 "vocab": vocab,
                 "logit_prompts": logit_prompts,
                 "logits": logits,
@@ -112,4 +133,4 @@ def main(model: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
