@@ -25,7 +25,7 @@ from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.sequence import IntermediateTensors
 
 from engine.zaya.cca_layer import SPLITS, ZayaAttention
-from engine.zaya.moe import ZayaSparseMoeBlock
+from engine.zaya.moe import CHECKPOINT_EXPERTS, ZayaSparseMoeBlock
 from engine.zaya.norm import ZayaResidualScaling, ZayaRMSNorm
 from engine.zaya.state import state_shapes
 from kernels.cca.reference import rope_cos_sin_cache
@@ -48,7 +48,7 @@ class ZayaDecoderLayer(nn.Module):
         super().__init__()
         h, eps = cfg.hidden_size, cfg.rms_norm_eps  # type: ignore[attr-defined]
         self.self_attn = ZayaAttention(cfg, idx, vllm_config, cos_sin, prefix=f"{prefix}.self_attn")
-        self.mlp = ZayaSparseMoeBlock(cfg, idx)
+        self.mlp = ZayaSparseMoeBlock(cfg, idx, prefix=f"{prefix}.mlp")  # experts: vLLM's FusedMoE
         self.input_layernorm = ZayaRMSNorm(h, eps)
         self.post_attention_layernorm = ZayaRMSNorm(h, eps)
         self.post_attention_residual_scale = ZayaResidualScaling(h)
@@ -140,7 +140,8 @@ class ZayaForCausalLM(nn.Module, HasInnerState, IsHybrid):
         return self.logits_processor(self.lm_head, hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, Tensor]]) -> set[str]:
-        """transformers' names and shapes; returns the parameter names filled."""
+        """transformers' names and shapes; returns the parameter names filled. The 3-D expert
+        tensors go to each block's FusedMoE weights through its weight loader."""
         params = dict(self.named_parameters())
         buffers = dict(self.named_buffers())
         loaded: set[str] = set()
@@ -151,6 +152,11 @@ class ZayaForCausalLM(nn.Module, HasInnerState, IsHybrid):
             if split is not None:
                 target = name.replace(f".qkv_proj.{split}.weight", ".qkv_proj.in_proj")
                 _proj(self, target).load_split(split, w)
+                loaded.add(target)
+                continue
+            block, _, kind = name.rpartition(".experts.")
+            if kind in CHECKPOINT_EXPERTS and block.endswith(".mlp"):
+                target = f"{block}.{self.get_submodule(block).load_checkpoint_experts(kind, w)}"
                 loaded.add(target)
                 continue
             if name in buffers:
