@@ -218,7 +218,7 @@ Timer = Callable[[Callable[[], Any]], float]
 def do_bench_ms(fn: Callable[[], Any]) -> float:
     from triton.testing import do_bench
 
-    return float(dotimer(fn, warmup=25, rep=100, return_mode="median"))
+    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
 def once_ms(fn: Callable[[], Any]) -> float:
