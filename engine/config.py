@@ -10,6 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+CcaOps = Literal["auto", "triton", "reference"]
+"""Which CCA q/k/v step a ZAYA model runs: ``auto`` (Triton on CUDA, the reference elsewhere),
+``triton`` (the fused kernels) or ``reference`` (their PyTorch reference)."""
+
+CCA_OPS_ENV = "MRSA_CCA_OPS"
+"""How ``EngineConfig.cca_ops`` reaches the ZAYA plugin in vLLM's worker processes (and how a
+plain ``vllm serve`` with the plugin is told)."""
+
 
 class EngineConfig(BaseModel):
     model: str | None = Field(
@@ -35,7 +43,7 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = Field(256, ge=1, description="Sequences batched together per step.")
     enforce_eager: bool = Field(True, description="Skip graph capture (faster start).")
     seed: int = Field(0, description="Engine seed; every trace also carries its own seed.")
-    cca_ops: Literal["auto", "triton", "reference"] = Field(
+    cca_ops: CcaOps = Field(
         "auto",
         description="ZAYA models' CCA q/k/v step: the Triton kernels (auto: on CUDA) or the "
         "PyTorch reference (auto: elsewhere). triton on a CPU runs Triton's interpreter (tests).",

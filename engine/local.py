@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from engine.base import EngineError, GenerationDelta, SamplingParams
-from engine.config import EngineConfig
+from engine.config import CCA_OPS_ENV, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class LocalEngine:
                 # instructions that is emulated (measured 4x slower on an AVX2 host).
                 dtype = "float32"
         # Read by the ZAYA plugin in the engine's worker processes (engine/zaya/state.py).
-        os.environ["MRSA_CCA_OPS"] = config.cca_ops
+        os.environ[CCA_OPS_ENV] = config.cca_ops
         if config.cca_ops == "triton" and not current_platform.is_cuda_alike():
             os.environ["TRITON_INTERPRET"] = "1"
         args = AsyncEngineArgs(

@@ -10,6 +10,9 @@ import argparse
 import logging
 import os
 import sys
+from typing import get_args
+
+from engine.config import CcaOps
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gpu-memory-utilization", type=float)
     serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
     serve.add_argument(
-        "--cca-ops", choices=["auto", "triton", "reference"],
+        "--cca-ops", choices=get_args(CcaOps),
         help="ZAYA's CCA q/k/v step: Triton kernels or PyTorch reference (auto: Triton on CUDA)",
     )
     serve.add_argument("--log-level")

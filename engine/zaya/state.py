@@ -11,7 +11,7 @@ It reuses vLLM's SHORT_CONV state backend: its metadata (decode tokens first, th
 requests with their ``query_start_loc_p``, slots and ``has_initial_states_p``) is exactly what a
 causal-conv layer needs, and CCA's conv is one. The backend's own conv kernels are not used; the
 CCA ops run on the slots directly (:func:`cca_ops`: Triton on CUDA, the PyTorch reference
-elsewhere, unless :data:`OPS_ENV` says otherwise).
+elsewhere, unless :data:`~engine.config.CCA_OPS_ENV` says otherwise).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.mamba.abstract import MambaBase
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
+from engine.config import CCA_OPS_ENV, CcaOps
 from kernels.cca.reference import CCAParams, CCAPrefillOut, cca_decode_ref, cca_prefill_ref
 
 
@@ -37,27 +39,22 @@ def state_shapes(cfg: object) -> tuple[tuple[int, int], tuple[int]]:
     return (s, (hq + hk) * d), (hk * d // 2,)
 
 
-OPS_ENV = "MRSA_CCA_OPS"
-"""How the engine's settings (``EngineConfig.cca_ops``) reach the model in vLLM's worker
-processes: ``auto`` (Triton on CUDA, the reference elsewhere), ``triton`` or ``reference``."""
-
-
 def cca_ops(device: torch.device) -> tuple[Callable[..., CCAPrefillOut], Callable[..., object]]:
-    """(prefill, decode) for ``device`` under :data:`OPS_ENV`. The Triton and reference pairs
-    share one signature (kernels/cca), so the layer code is the same either way."""
-    return _ops(device.type, os.environ.get(OPS_ENV, "auto"))
+    """(prefill, decode) for ``device`` under :data:`~engine.config.CCA_OPS_ENV`. The Triton and
+    reference pairs share one signature (kernels/cca), so the layer code is the same either way."""
+    return _ops(device.type, os.environ.get(CCA_OPS_ENV, "auto"))
 
 
 @functools.cache
 def _ops(device_type: str, mode: str) -> tuple[Callable[..., CCAPrefillOut], Callable[..., object]]:
-    if mode not in ("auto", "triton", "reference"):
-        raise ValueError(f"{OPS_ENV}={mode!r}: expected auto, triton or reference")
+    if mode not in get_args(CcaOps):
+        raise ValueError(f"{CCA_OPS_ENV}={mode!r}: expected one of {', '.join(get_args(CcaOps))}")
     if mode == "reference" or (mode == "auto" and device_type != "cuda"):
         return cca_prefill_ref, cca_decode_ref
     if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         # Triton compiles for GPUs only; on other devices its interpreter runs the same kernels
         # (slowly), which is how CPU tests exercise this path inside vLLM.
-        raise RuntimeError(f"{OPS_ENV}=triton on {device_type} needs TRITON_INTERPRET=1 in the engine's environment")
+        raise RuntimeError(f"{CCA_OPS_ENV}=triton on {device_type} needs TRITON_INTERPRET=1 in the engine's environment")
     from kernels.cca.decode import cca_decode
     from kernels.cca.prefill import cca_prefill
 

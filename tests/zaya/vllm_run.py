@@ -42,17 +42,25 @@ def prompts(vocab: int) -> tuple[list[list[int]], list[list[int]]]:
     return [body(n) for n in (1, 5, 19, 47, 90)], [body(n) for n in (3, 11, 26, 40, 71, 2)]
 
 
+def poison_kernel_outputs() -> None:
+    """Every output buffer the Triton kernels allocate starts as NaN."""
+    import torch
+
+    from kernels.cca import _args
+
+    _args.empty = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
 def main(model: str, out: str, ops: str = "auto") -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ["MRSA_CCA_OPS"] = ops
+    from engine.config import CCA_OPS_ENV
+
+    os.environ[CCA_OPS_ENV] = ops
     if ops == "triton":
         os.environ["TRITON_INTERPRET"] = "1"  # before kernels.cca is imported
-        import torch
-
-        from kernels.cca import _args
-
-        _args.empty = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
+        poison_kernel_outputs()
+    import torch
     from vllm import LLM, SamplingParams
 
     from engine.zaya import state
@@ -113,14 +121,12 @@ def main(model: str, out: str, ops: str = "auto") -> None:
                 **fields,
             }
         )
-    import torch
-
     calls = state._ops.cache_info().hits + state._ops.cache_info().misses
     used = state.cca_ops(torch.device("cpu"))
     with open(out, "w") as f:
         json.dump(
             {
-                "cca_ops": {"modules": [f.__module__ for f in used], "calls": calls},
+                "cca_ops": {"modules": [fn.__module__ for fn in used], "calls": calls},
                 "vocab": vocab,
                 "logit_prompts": logit_prompts,
                 "logits": logits,
