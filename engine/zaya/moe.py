@@ -169,16 +169,18 @@ class ZayaSparseMoeBlock(nn.Module):
         parameter's name relative to this block."""
         moe = self.experts.routed_experts
         e, inter, hidden = self.num_experts, moe.moe_config.intermediate_size, moe.moe_config.hidden_dim_unpadded
-        want = {"gate_up_proj": (e, 2 * inter, hidden), "down_proj": (e, hidden, inter)}[kind]
+        # kind -> (FusedMoE parameter, checkpoint shape, (shard id, rows of one expert's slice))
+        name, want, parts = {
+            "gate_up_proj": ("w13_weight", (e, 2 * inter, hidden), (("w1", slice(0, inter)), ("w3", slice(inter, None)))),
+            "down_proj": ("w2_weight", (e, hidden, inter), (("w2", slice(None)),)),
+        }[kind]
         if tuple(w.shape) != want:
             raise ValueError(f"experts.{kind}: checkpoint shape {tuple(w.shape)} != {want}")
-        param = moe.w13_weight if kind == "gate_up_proj" else moe.w2_weight
-        parts = (("w1", slice(0, inter)), ("w3", slice(inter, 2 * inter))) if kind == "gate_up_proj" else (("w2", slice(None)),)
+        param = getattr(moe, name)
         held = 0
         for expert in range(e):
             for shard, rows in parts:
-                name = "w13_weight" if shard != "w2" else "w2_weight"
                 held += bool(param.weight_loader(param, w[expert, rows], name, shard, expert, return_success=True))
         if held != moe.local_num_experts * len(parts):
             raise ValueError(f"experts.{kind}: loaded {held // len(parts)} experts, rank holds {moe.local_num_experts}")
-        return "experts.routed_experts." + ("w13_weight" if kind == "gate_up_proj" else "w2_weight")
+        return f"experts.routed_experts.{name}"
