@@ -262,11 +262,11 @@ def _report(results: dict) -> None:
 
 async def _main(args: argparse.Namespace) -> dict:
     if args.which == "p2":
-        from engine.default_model import ensure_default_model
+        from engine.provision import ensure_model
 
         if not args.upstream:
             raise SystemExit("mrsa bench p2 needs at least one --upstream URL")
-        model = args.model or str(ensure_default_model())
+        model = args.model or str(ensure_model())
         results: dict = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
         results["p2"] = await bench_p2(args.upstream, model, args.repeats, args.port)
         return results

@@ -43,14 +43,20 @@ class HFTokenizer:
         return list(self._tok.encode(text, add_special_tokens=False))
 
 
-def resolve_model(config: EngineConfig) -> str:
-    """The model path to load: the configured one, or the provisioned default checkpoint."""
-    if config.model:
-        return config.model
-    from engine.default_model import ensure_default_model
+def resolve_model(config: EngineConfig) -> tuple[str, str]:
+    """The checkpoint to load and the name to serve it under.
 
-    cache = Path(config.cache_dir) if config.cache_dir else None
-    return str(ensure_default_model(cache))
+    Unset: the provisioned default model. A built-in model's name (``Qwen2.5-Coder-0.5B-Instruct``)
+    that is not also a local folder: that model, provisioned. Anything else goes to vLLM as given
+    (a folder or a hub id) and is served under what the user passed, as ``vllm serve`` does.
+    """
+    from engine.provision import DEFAULT_MODEL, ensure_model, lookup
+
+    packaged = lookup(config.model or DEFAULT_MODEL)
+    if packaged is not None and not (config.model and Path(config.model).exists()):
+        return str(ensure_model(packaged, config.cache_dir)), packaged.name
+    assert config.model is not None
+    return config.model, config.model
 
 
 def cpu_has_native_bf16() -> bool:
@@ -70,7 +76,8 @@ class LocalEngine:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model = resolve_model(config)
+        model, name = resolve_model(config)
+        self.model_name = config.served_model_name or name
         dtype = config.dtype
         scheduling: dict = {}
         if current_platform.is_cpu():
@@ -94,7 +101,7 @@ class LocalEngine:
             os.environ["TRITON_INTERPRET"] = "1"
         args = AsyncEngineArgs(
             model=model,
-            served_model_name=[self._served_name(config, model)],
+            served_model_name=[self.model_name],
             dtype=dtype,
             max_model_len=config.max_model_len,
             gpu_memory_utilization=config.gpu_memory_utilization,
@@ -106,13 +113,8 @@ class LocalEngine:
         )
         log.info("starting vLLM engine for %s", model)
         self._llm = AsyncLLM.from_engine_args(args)
-        self.model_name = self._served_name(config, model)
         self.max_model_len: int = self._llm.model_config.max_model_len
         self.tokenizer = HFTokenizer(model)
-
-    @staticmethod
-    def _served_name(config: EngineConfig, model: str) -> str:
-        return config.served_model_name or Path(model.rstrip("/")).name
 
     async def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str

@@ -54,12 +54,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from engine.default_model import ensure_default_model
+    from engine.provision import ensure_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_default_model(Path(args.cache_dir) if args.cache_dir else None))
+    print(ensure_model(args.model, args.cache_dir))
     return 0
 
 
@@ -145,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int)
     ask.set_defaults(func=_ask)
 
-    prov = sub.add_parser("provision", help="convert and cache the default model")
+    prov = sub.add_parser("provision", help="download, convert and cache a built-in model (default: the default model)")
+    prov.add_argument("--model", help="a built-in model's name (default: the default model)")
     prov.add_argument("--cache-dir")
     prov.set_defaults(func=_provision)
 

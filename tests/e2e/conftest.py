@@ -17,6 +17,8 @@ import httpx
 import openai
 import pytest
 
+from engine.provision import SMALL_MODEL
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Small limits so "over the server's limit" is cheap to provoke.
@@ -57,6 +59,8 @@ def start_server(
         "MRSA_LIMITS__MAX_POPULATION": str(MAX_POPULATION),
         "MRSA_LIMITS__MAX_ROUNDS": str(MAX_ROUNDS),
         "MRSA_ENGINE__MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+        # The small built-in model: the default one is too slow for a test suite on a CPU.
+        "MRSA_ENGINE__MODEL": SMALL_MODEL,
         "MRSA_ENGINE__GPU_MEMORY_UTILIZATION": "0.15",
         "MRSA_ENGINE__CPU_KVCACHE_SPACE_GIB": "1",
         **(extra_env or {}),

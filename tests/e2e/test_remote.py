@@ -28,7 +28,7 @@ import httpx
 import openai
 import pytest
 
-from engine.default_model import ensure_default_model
+from engine.provision import SMALL_MODEL, ensure_model
 from tests.e2e.conftest import ROOT, Server, free_port, start_server, stop_server
 from tests.e2e.faulty_proxy import FaultyProxy
 
@@ -122,7 +122,7 @@ def _start_server(model: str, upstreams: list[str], tmp: Path, timeout: float = 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("remote")
-    model = str(ensure_default_model())
+    model = str(ensure_model(SMALL_MODEL))
     replicas: list[Replica] = []
     proxy = None
     proc = None
