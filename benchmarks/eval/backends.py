@@ -10,6 +10,7 @@ events, so what it scores is exactly what a client of the service sees.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Protocol
@@ -128,13 +129,16 @@ def progress_dict(event: object) -> dict | None:
 class EngineBackend:
     """Runs :class:`rsa.RsaRun` in-process on an engine (the embedded vLLM engine, or a fake)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, keep_traces: bool = False) -> None:
         self.engine = engine
         self.model = engine.model_name
+        self.keep_traces = keep_traces
 
     async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
         yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds}
         async with aclosing(RsaRun(self.engine, messages, params, run_id=run_id).events()) as events:
             async for event in events:
                 if (d := progress_dict(event)) is not None:
+                    if self.keep_traces and isinstance(event, RunCompleted):
+                        d["trace"] = [asdict(node) for node in event.result.trace]
                     yield d

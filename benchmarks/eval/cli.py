@@ -33,7 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="runs in flight at once")
     p.add_argument("--max-model-len", type=int, default=4096, help="embedded engine context")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="embedded engine")
+    p.add_argument("--dtype", default="auto", help="embedded engine dtype")
     p.add_argument("--out", help=f"output folder for results.json and plot.png (default: {RESULTS}/eval-<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out's results.json: keep its finished runs, run the rest (slices)")
+    p.add_argument("--memo", metavar="FILE",
+                   help="embedded: keep every seeded completion in FILE (JSON lines) and replay it in later "
+                   "evaluations of the same model, so a changed aggregation prompt regenerates only what it changes")
+    p.add_argument("--keep-traces", action="store_true",
+                   help="embedded: also write traces.json (every call's text, tail, parents, answer)")
 
 
 def _problems(args: argparse.Namespace) -> list:
@@ -44,7 +52,8 @@ def _problems(args: argparse.Namespace) -> list:
     return load_jsonl(args.dataset, limit=args.size or None)
 
 
-async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path) -> dict:
+async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path,
+               previous: dict | None) -> dict:
     from benchmarks.eval.backends import EngineBackend, HttpBackend
     from benchmarks.eval.runner import evaluate
 
@@ -53,31 +62,49 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
         try:
             await backend.resolve_model()
             return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
-                                  meta=meta, checkpoint=partial(_save, out))
+                                  meta=meta, checkpoint=partial(_save, out), previous=previous)
         finally:
             await backend.aclose()
+    from benchmarks.eval.memo import MemoEngine
     from engine import create_engine
     from engine.config import EngineConfig
 
     engine = create_engine(EngineConfig(
         model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        dtype=args.dtype,
     ))
     try:
-        return await evaluate(EngineBackend(engine), configs, problems, seed=args.seed, concurrency=args.concurrency,
-                              meta=meta, checkpoint=partial(_save, out))
+        memo = MemoEngine(engine, Path(args.memo) if args.memo else None)
+        backend = EngineBackend(memo, keep_traces=args.keep_traces)
+        return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
+                              meta=meta, checkpoint=partial(_save, out), previous=previous)
     finally:
         getattr(engine, "shutdown", lambda: None)()
 
 
 def _save(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    """results.json (figures and per-run answers) and, when runs kept them, traces.json."""
+    traces = {}
+    for c in results["configs"]:
+        for run in c["runs"]:
+            if run.get("trace"):
+                traces.setdefault(c["name"], {})[run["problem"]] = run.pop("trace")
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(out / "results.json")
+    if traces:
+        path = out / "traces.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        for name, runs in traces.items():
+            old.setdefault(name, {}).update(runs)
+        path.write_text(json.dumps(old, default=str))
 
 
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from benchmarks.eval.report.plot import plot
-    from benchmarks.eval.report.table import results_table
+    from benchmarks.eval.report.table import comparisons_table, results_table
     from benchmarks.eval.runner import parse_config
 
     defaults = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
@@ -92,12 +119,16 @@ def main(args: argparse.Namespace) -> int:
     }}
     out = Path(args.out) if args.out else RESULTS / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    previous = None
+    if args.resume and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
     t0 = time.perf_counter()
-    results = asyncio.run(_run(args, configs, problems, meta, out))
-    results["meta"]["wall_s"] = time.perf_counter() - t0
+    results = asyncio.run(_run(args, configs, problems, meta, out, previous))
+    results["meta"]["wall_s"] = (previous or {}).get("meta", {}).get("wall_s", 0.0) + time.perf_counter() - t0
     _save(out, results)
     plot(results, out / "plot.png")
     console = Console()
     console.print(results_table(results))
+    console.print(comparisons_table(results))
     console.print(f"results: {out / 'results.json'}\nplot:    {out / 'plot.png'}")
     return 0

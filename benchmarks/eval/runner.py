@@ -21,6 +21,7 @@ from benchmarks.eval.backends import Backend, RunError
 from benchmarks.eval.datasets import Problem
 from benchmarks.eval.grading import is_correct
 from benchmarks.eval.scoring import RoundScore, score_rounds, summarize
+from benchmarks.eval.stats import paired
 from rsa import RsaParams
 
 _KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
@@ -84,6 +85,7 @@ class RunRecord:
     wall_s: float = 0.0
     error: str | None = None
     scores: list[RoundScore] = field(default_factory=list)
+    trace: list[dict] | None = None  # every call of the run, when the backend keeps them
 
     def observe(self, event: dict) -> None:
         kind = event.get("event")
@@ -101,6 +103,7 @@ class RunRecord:
             self.final_answer = event.get("answer")
             self.stop_reason = event.get("stop_reason")
             self.completion_tokens = (event.get("usage") or {}).get("completion_tokens", sum(self.round_tokens))
+            self.trace = event.get("trace")
 
 
 async def run_one(backend: Backend, config: EvalConfig, problem: Problem, seed: int, on_event: Callable[[dict], None] | None = None) -> RunRecord:
@@ -121,28 +124,8 @@ async def run_one(backend: Backend, config: EvalConfig, problem: Problem, seed: 
     return record
 
 
-async def run_config(
-    backend: Backend, config: EvalConfig, problems: Sequence[Problem], *, seed: int, concurrency: int,
-    progress: Progress | None = None,
-) -> dict:
-    """Every problem under one configuration, ``concurrency`` runs at a time."""
-    gate = asyncio.Semaphore(concurrency)
-    task = progress.add_task(config.name, total=len(problems), acc="") if progress else None
-    done: list[RunRecord] = []
-
-    async def one(i: int, problem: Problem) -> RunRecord:
-        async with gate:
-            record = await run_one(backend, config, problem, seed * 100_000 + i)
-        done.append(record)
-        if progress is not None and task is not None:
-            ok = [r for r in done if r.scores]
-            acc = sum(r.scores[-1].majority for r in ok) / len(done)
-            progress.update(task, advance=1, acc=f"maj {acc:.2f}")
-        return record
-
-    t0 = time.perf_counter()
-    records = await asyncio.gather(*(one(i, p) for i, p in enumerate(problems)))
-    wall = time.perf_counter() - t0
+def config_summary(config: EvalConfig, records: Sequence[RunRecord]) -> dict:
+    """The results document's entry for one configuration (``records`` in problem order)."""
     ok = [r for r in records if r.error is None]
     summary = summarize([r.scores for r in ok], [r.final_correct for r in ok], [r.completion_tokens for r in ok], len(records) - len(ok))
     return {
@@ -153,18 +136,51 @@ async def run_config(
         "tokens_mean": summary.tokens_mean,
         "tokens_total": sum(r.completion_tokens for r in ok),
         "errors": summary.errors,
-        "wall_s": wall,
+        # Runs overlap (--concurrency) and replay shared samples (memo.py): per-run latency,
+        # not a wall time of the configuration.
+        "latency_s_mean": sum(r.wall_s for r in records) / max(1, len(records)),
         "runs": [asdict(r) for r in records],
     }
+
+
+def record_from_dict(data: dict) -> RunRecord:
+    """A run record read back from a results document, re-graded with today's grader."""
+    fields = {k: v for k, v in data.items() if k in RunRecord.__dataclass_fields__ and k != "scores"}
+    record = RunRecord(**fields)
+    if record.error is None:
+        record.scores = score_rounds(record.answers, record.round_tokens, record.gold)
+        record.final_correct = is_correct(record.final_answer, record.gold)
+    return record
+
+
+def comparisons(results: dict, *, seed: int = 0) -> list[dict]:
+    """Every pair of configurations, final answers paired by problem (see stats.py)."""
+    finals = {}
+    for c in results["configs"]:
+        finals[c["name"]] = {r["problem"]: r["final_correct"] for r in c["runs"]}
+    names = list(finals)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = [p for p in finals[a] if p in finals[b]]
+            cmp = paired(a, [finals[a][p] for p in shared], b, [finals[b][p] for p in shared], seed=seed)
+            rows.append({**asdict(cmp), "resolved": cmp.resolved})
+    return rows
 
 
 async def evaluate(
     backend: Backend, configs: Sequence[EvalConfig], problems: Sequence[Problem], *, seed: int = 0,
     concurrency: int = 4, console: Console | None = None, meta: dict | None = None,
-    checkpoint: Callable[[dict], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None, previous: dict | None = None,
+    checkpoint_every: int = 4,
 ) -> dict:
-    """Every configuration in turn over the same problems; the results document (also handed
-    to ``checkpoint`` after each configuration)."""
+    """Every configuration over the same problems; the results document.
+
+    Work goes problem by problem (every configuration of problem i before those of problem
+    i + concurrency), so a results document saved mid-way (``checkpoint``, every
+    ``checkpoint_every`` problems) pairs all configurations on the problems done so far.
+    ``previous``: a results document of the same configurations to continue; its finished runs
+    are kept (re-graded) and not run again, so a long evaluation can go in slices."""
     resolve = getattr(backend, "resolve_model", None)
     if resolve is not None:  # a service: ask it which model it serves
         await resolve()
@@ -172,16 +188,47 @@ async def evaluate(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"),
         TimeElapsedColumn(), console=console or Console(stderr=True),
     )
-    results = {
-        "meta": {"model": backend.model, "problems": len(problems), "seed": seed, "concurrency": concurrency,
-                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), **(meta or {})},
-        "configs": [],
-    }
-    with progress:
+    kept: dict[str, dict[str, RunRecord]] = {c.name: {} for c in configs}
+    for c in (previous or {}).get("configs", []):
+        if c["name"] in kept:
+            kept[c["name"]] = {r["problem"]: record_from_dict(r) for r in c["runs"] if r.get("error") is None}
+    records: dict[str, list[RunRecord | None]] = {c.name: [kept[c.name].get(p.id) for p in problems] for c in configs}
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    head = {"model": backend.model, "problems": len(problems), "seed": seed, "concurrency": concurrency,
+            "date": (previous or {}).get("meta", {}).get("date", started), "updated": started, **(meta or {})}
+
+    def document() -> dict:
+        results = {"meta": dict(head), "configs": [
+            config_summary(c, [r for r in records[c.name] if r is not None]) for c in configs
+        ]}
+        results["meta"]["problems_done"] = min(sum(r is not None for r in records[c.name]) for c in configs)
+        results["comparisons"] = comparisons(results, seed=seed)
+        return results
+
+    gate = asyncio.Semaphore(concurrency)
+    tasks = {c.name: progress.add_task(c.name, total=len(problems), acc="") for c in configs}
+    for c in configs:
+        progress.update(tasks[c.name], advance=sum(r is not None for r in records[c.name]))
+    finished_problems = 0
+
+    async def one(i: int, problem: Problem) -> None:
+        nonlocal finished_problems
         for config in configs:
-            results["configs"].append(
-                await run_config(backend, config, problems, seed=seed, concurrency=concurrency, progress=progress)
-            )
-            if checkpoint is not None:  # a long evaluation keeps what it measured so far
-                checkpoint(results)
+            if records[config.name][i] is not None:
+                continue
+            async with gate:
+                record = await run_one(backend, config, problem, seed * 100_000 + i)
+            records[config.name][i] = record
+            done = [r for r in records[config.name] if r is not None]
+            acc = sum(r.final_correct for r in done) / len(done)
+            progress.update(tasks[config.name], advance=1, acc=f"final {acc:.3f}")
+        finished_problems += 1
+        if checkpoint is not None and finished_problems % checkpoint_every == 0:
+            checkpoint(document())
+
+    with progress:
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(problems)))
+    results = document()
+    if checkpoint is not None:
+        checkpoint(results)
     return results

@@ -247,6 +247,155 @@ async def test_markdown_table_has_a_row_per_config_and_round() -> None:
     problems = arithmetic(2, 1, seed=0)
     configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=2,k=1,t=3")]
     results = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems)
-    rows = markdown_table(results).splitlines()[2:]
+    rounds, comparison = markdown_table(results).split("\n\n")
+    rows = rounds.splitlines()[2:]
     assert [r.split("|")[1:3] for r in rows] == [[" single ", " 1 "], [" rsa N=2 K=1 T=3 ", " 1 "], ["  ", " 2 "], ["  ", " 3 "]]
     assert rows[0].split("|")[7].strip() == f"{results['configs'][0]['final_accuracy']:.3f}"
+    (pair,) = comparison.splitlines()[2:]  # one pair of configurations, with its paired interval
+    cmp = results["comparisons"][0]
+    assert pair.split("|")[1].strip() == "single - rsa N=2 K=1 T=3"
+    assert pair.split("|")[4].strip() == f"[{cmp['low']:+.3f}, {cmp['high']:+.3f}]"
+
+
+# ----------------------------------------------------------------------------- GSM8K grading
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold", "expected"),
+    [
+        ("18", "18", True),
+        ("\\$18", "18", True),
+        ("$18.00", "18", True),
+        ("18 \\text{ dollars}", "18", True),
+        ("\\$70,000", "70000", True),
+        ("1{,}200", "1200", True),
+        ("40\\%", "40", True),
+        ("x = 18", "18", True),
+        ("18.5", "18", False),
+        ("17", "18", False),
+        ("1,2", "12", False),  # not a thousands separator
+        ("18 and 20", "18", False),  # the last number is the answer
+        ("-3", "-3", True),
+    ],
+)
+def test_grading_reads_numbers_as_gsm8k_writes_them(predicted: str, gold: str, expected: bool) -> None:
+    assert is_correct(predicted, gold) is expected
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+
+def test_mcnemar_is_the_exact_two_sided_binomial() -> None:
+    from benchmarks.eval.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(5, 5) == 1.0
+    # 12 vs 3 discordant: P(X <= 3 | n=15, p=1/2) = 576/32768, doubled.
+    assert mcnemar_exact(12, 3) == pytest.approx(2 * 576 / 32768)
+    assert mcnemar_exact(3, 12) == mcnemar_exact(12, 3)
+
+
+def test_paired_difference_and_its_interval() -> None:
+    from benchmarks.eval.stats import paired
+
+    a = [True] * 30 + [False] * 10
+    same = paired("a", a, "b", list(a))
+    assert (same.diff, same.low, same.high, same.resolved) == (0.0, 0.0, 0.0, False)
+    better = paired("a", a, "b", [False] * 20 + [True] * 10 + [False] * 10)  # A wins 20 problems
+    assert better.diff == pytest.approx(0.5) and (better.a_only, better.b_only) == (20, 0)
+    assert 0 < better.low <= 0.5 <= better.high and better.resolved
+    assert paired("a", a, "b", [False] * 20 + [True] * 10 + [False] * 10, seed=0) == better  # seeded
+    close = paired("a", [True, False] * 20, "b", [False, True] * 20)  # 20 each way
+    assert close.diff == 0 and close.low < 0 < close.high and not close.resolved
+    with pytest.raises(ValueError):
+        paired("a", [True], "b", [True, False])
+
+
+# ----------------------------------------------------------------------------- memo engine
+
+
+async def test_memo_engine_replays_seeded_requests_and_counts_their_tokens() -> None:
+    from benchmarks.eval.memo import MemoEngine
+
+    problems = arithmetic(3, 1, seed=4)
+    inner = _coin_engine(problems)
+    memo = MemoEngine(inner)
+    configs = [parse_config(s, DEFAULTS) for s in ("single", "majority:n=4", "rsa:n=4,k=2,t=2")]
+    results = await evaluate(EngineBackend(memo), configs, problems, seed=3, concurrency=2)
+    single, vote, rsa = results["configs"]
+    # single is trace 0 of every first round, majority@4's samples are rsa's first round:
+    # generated once each. RSA's second round and nothing else is new.
+    assert len(inner.requests) == 3 * 4 + 3 * 4
+    assert memo.hits == 3 * (1 + 4)
+    for s, v, r in zip(single["runs"], vote["runs"], rsa["runs"], strict=True):
+        assert v["answers"][0] == r["answers"][0] and s["answers"][0] == [r["answers"][0][0]]
+        assert v["round_tokens"][0] == r["round_tokens"][0]  # replayed samples still cost tokens
+    # Without the memo the same configurations give the same results (the fake is deterministic).
+    plain = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems, seed=3, concurrency=2)
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
+    assert [strip(c["runs"]) for c in plain["configs"]] == [strip(c["runs"]) for c in results["configs"]]
+
+
+async def test_memo_engine_does_not_keep_aborted_requests() -> None:
+    from benchmarks.eval.memo import MemoEngine
+    from engine.base import SamplingParams
+
+    inner = FakeEngine(length=40, delay=0.001)
+    memo = MemoEngine(inner)
+    params = SamplingParams(max_tokens=64, seed=1)
+    prompt = inner.tokenizer.encode("what is one plus two")
+    stream = memo.generate(prompt, params, "a")
+    await anext(stream)
+    await stream.aclose()  # the caller went away after one delta
+    deltas = [d async for d in memo.generate(prompt, params, "b")]
+    assert len(deltas) > 1 and memo.hits == 0 and len(inner.requests) == 2  # generated again
+    again = [d async for d in memo.generate(prompt, params, "c")]
+    assert memo.hits == 1 and len(inner.requests) == 2
+    assert again[0].token_ids == [t for d in deltas for t in d.token_ids]
+    unseeded = SamplingParams(max_tokens=64)
+    for rid in ("d", "e"):
+        _ = [d async for d in memo.generate(prompt, unseeded, rid)]
+    assert len(inner.requests) == 4  # an unseeded request is a fresh sample every time
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+async def test_resume_keeps_finished_runs_and_pairs_every_config(tmp_path: Path) -> None:
+    from benchmarks.eval.runner import comparisons
+
+    problems = arithmetic(6, 1, seed=2)
+    configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=3,k=2,t=2")]
+    whole = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems, seed=1)
+    first = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems[:4], seed=1)
+    assert first["meta"]["problems_done"] == 4
+    engine = _coin_engine(problems)
+    resumed = await evaluate(EngineBackend(engine), configs, problems, seed=1, previous=first)
+    # Only the two new problems ran (single: 1 call each; rsa: 3 + 3 calls each).
+    assert len(engine.requests) == 2 * (1 + 6)
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
+    assert [strip(c["runs"]) for c in resumed["configs"]] == [strip(c["runs"]) for c in whole["configs"]]
+    assert resumed["comparisons"] == whole["comparisons"] == comparisons(whole)
+    (cmp,) = whole["comparisons"]
+    assert (cmp["a"], cmp["b"], cmp["n"]) == ("single", "rsa N=3 K=2 T=2", 6)
+    finals = {c["name"]: [r["final_correct"] for r in c["runs"]] for c in whole["configs"]}
+    assert cmp["diff"] == pytest.approx((sum(finals["single"]) - sum(finals["rsa N=3 K=2 T=2"])) / 6)
+
+
+async def test_memo_file_replays_completions_in_a_later_evaluation(tmp_path: Path) -> None:
+    from benchmarks.eval.memo import MemoEngine
+
+    problems = arithmetic(2, 1, seed=6)
+    configs = [parse_config("rsa:n=3,k=2,t=2", DEFAULTS)]
+    path = tmp_path / "memo.jsonl"
+    first_engine = _coin_engine(problems)
+    first = await evaluate(EngineBackend(MemoEngine(first_engine, path)), configs, problems, seed=1)
+    assert len(path.read_text().splitlines()) == len(first_engine.requests) == 2 * 6
+    with path.open("a") as f:
+        f.write('{"key": "cut by a ki')  # a line a killed evaluation left half-written
+    later_engine = _coin_engine(problems)
+    later_engine.tokenizer = first_engine.tokenizer  # the same model: the same vocabulary
+    later = await evaluate(EngineBackend(MemoEngine(later_engine, path)), configs, problems, seed=1)
+    assert later_engine.requests == []  # every call replayed from the file
+    strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
+    assert strip(later["configs"][0]["runs"]) == strip(first["configs"][0]["runs"])

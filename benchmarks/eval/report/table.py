@@ -1,38 +1,66 @@
-"""The results as a rich table: one row per configuration and round."""
+"""The results as tables: one row per configuration and round, then the paired comparisons."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
+_COLUMNS = ("config", "round", "pass@1", "majority", "pass@N", "tokens/problem", "final acc", "final tokens")
+
+
+def _rows(results: dict) -> list[list[str]]:
+    rows = []
+    for c in results["configs"]:
+        for i, r in enumerate(c["rounds"]):
+            last = i == len(c["rounds"]) - 1
+            rows.append([
+                c["name"] if i == 0 else "", str(r["round"]), f"{r['pass1']:.3f}", f"{r['majority']:.3f}",
+                f"{r['pass_n']:.3f}", f"{r['tokens']:.0f}",
+                f"{c['final_accuracy']:.3f}" if last else "", f"{c['tokens_mean']:.0f}" if last else "",
+            ])
+    return rows
+
+
+def _comparison_rows(results: dict) -> list[list[str]]:
+    return [
+        [f"{c['a']} - {c['b']}", str(c["n"]), f"{c['diff']:+.3f}", f"[{c['low']:+.3f}, {c['high']:+.3f}]",
+         f"{c['a_only']} / {c['b_only']}", f"{c['p_value']:.3g}", "yes" if c["resolved"] else "no"]
+        for c in results.get("comparisons", [])
+    ]
+
+
+_CMP_COLUMNS = ("A - B (final answers)", "problems", "diff", "95% CI (paired bootstrap)", "A only / B only",
+                "McNemar p", "CI excludes 0")
+
 
 def results_table(results: dict) -> Table:
     meta = results["meta"]
-    table = Table(title=f"mrsa eval: {meta.get('dataset', '')} on {meta['model']} ({meta['problems']} problems)")
-    for col in ("config", "round", "pass@1", "majority", "pass@N", "tokens/problem", "final acc", "wall s"):
+    done = meta.get("problems_done", meta["problems"])
+    table = Table(title=f"mrsa eval: {meta.get('dataset', '')} on {meta['model']} ({done} problems)")
+    for col in _COLUMNS:
         table.add_column(col, justify="left" if col == "config" else "right")
-    for c in results["configs"]:
-        for i, r in enumerate(c["rounds"]):
-            last = i == len(c["rounds"]) - 1
-            table.add_row(
-                c["name"] if i == 0 else "", str(r["round"]), f"{r['pass1']:.3f}", f"{r['majority']:.3f}",
-                f"{r['pass_n']:.3f}", f"{r['tokens']:.0f}",
-                f"{c['final_accuracy']:.3f}" if last else "", f"{c['wall_s']:.0f}" if last else "",
-            )
+    for row in _rows(results):
+        table.add_row(*row)
     return table
 
 
-def markdown_table(results: dict) -> str:
-    """The same rows as a Markdown table (for reports and the README)."""
-    lines = ["| config | round | pass@1 | majority | pass@N | tokens/problem | final acc | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for c in results["configs"]:
-        for i, r in enumerate(c["rounds"]):
-            last = i == len(c["rounds"]) - 1
-            final = f"{c['final_accuracy']:.3f}" if last else ""
-            wall = f"{c['wall_s']:.0f}" if last else ""
-            name = c["name"] if i == 0 else ""
-            lines.append(
-                f"| {name} | {r['round']} | {r['pass1']:.3f} | {r['majority']:.3f} | {r['pass_n']:.3f} | "
-                f"{r['tokens']:.0f} | {final} | {wall} |"
-            )
+def comparisons_table(results: dict) -> Table:
+    table = Table(title="paired differences of final-answer accuracy")
+    for col in _CMP_COLUMNS:
+        table.add_column(col, justify="left" if col.startswith("A -") else "right")
+    for row in _comparison_rows(results):
+        table.add_row(*row)
+    return table
+
+
+def _markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def markdown_table(results: dict) -> str:
+    """The same rows as Markdown tables (for reports and the README)."""
+    text = _markdown(_COLUMNS, _rows(results))
+    if results.get("comparisons"):
+        text += "\n\n" + _markdown(_CMP_COLUMNS, _comparison_rows(results))
+    return text
