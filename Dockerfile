@@ -13,28 +13,26 @@ FROM vllm/vllm-openai:v0.32.0
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /opt/markovian-rsa
 COPY pyproject.toml README.md ./
+COPY mrsa ./mrsa
 COPY service ./service
 COPY rsa ./rsa
 COPY engine ./engine
 COPY kernels ./kernels
-COPY benchmarks ./benchmarks
+COPY evals ./evals
 
-# 1. PyPI's `rsa` (crypto) and Hugging Face's `kernels` share our top-level package names:
-#    remove them before installing, or their files and ours would mix in site-packages.
-# 2. Install with the base image's CUDA stack pinned (constraints), so no dependency of ours can
+# 1. Install with the base image's CUDA stack pinned (constraints), so no dependency of ours can
 #    swap torch/vLLM/triton/flashinfer/nvidia-* for PyPI builds; the rest may move as needed.
-# 3. Prove the image: `rsa`/`kernels` are ours alone, and transformers + vLLM still import
+# 2. Prove the image: the one package `mrsa` is ours, and transformers + vLLM still import
 #    (-I: from site-packages, not from the sources in the working directory).
-RUN python3 -m pip uninstall -y rsa kernels \
- && python3 -m pip list --format=freeze \
+RUN python3 -m pip list --format=freeze \
       | grep -iE '^(torch|torchvision|torchaudio|triton|vllm|xformers|flashinfer[a-z0-9_-]*|nvidia-[a-z0-9_-]+)==' \
       > /tmp/cuda-stack.txt \
  && python3 -m pip install --no-cache-dir --constraint /tmp/cuda-stack.txt . \
  && rm /tmp/cuda-stack.txt \
  && python3 -I -c "import importlib.metadata as m; d = m.packages_distributions(); \
-assert set(d.get('rsa', [])) == {'markovian-rsa'}, d.get('rsa'); \
-assert set(d.get('kernels', [])) == {'markovian-rsa'}, d.get('kernels'); \
-import transformers, vllm, service.app, rsa.params, engine.config, kernels"
+assert set(d.get('mrsa', [])) == {'markovian-rsa'}, d.get('mrsa'); \
+assert 'markovian-rsa' not in {x for k, v in d.items() if k != 'mrsa' for x in v}, d; \
+import transformers, vllm, mrsa.service.app, mrsa.rsa.params, mrsa.engine.config, mrsa.kernels"
 
 # Listen on every interface inside the container (the host decides what to publish).
 # CUDA graphs on (the embedded engine's default is eager, for fast CPU starts).

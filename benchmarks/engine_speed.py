@@ -29,9 +29,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 async def _measure(model: str | None, dtype: str, batches: list[int], tokens: int, prompt_tokens: int) -> dict:
-    from engine import create_engine
-    from engine.base import Completion, SamplingParams
-    from engine.config import EngineConfig
+    from mrsa.engine import create_engine
+    from mrsa.engine.base import Completion, SamplingParams
+    from mrsa.engine.config import EngineConfig
 
     engine = create_engine(EngineConfig(model=model, dtype=dtype, max_model_len=4096))
     try:

@@ -162,7 +162,7 @@ def _start_server(args: argparse.Namespace, port: int, store: Path) -> subproces
         "MRSA_LOG_LEVEL": "warning",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "mrsa", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
 

@@ -32,10 +32,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from engine.base import Engine
-from engine.config import EngineConfig
-from rsa import RsaParams, RsaRun
-from rsa.events import RsaResult, RunCompleted
+from mrsa.engine.base import Engine
+from mrsa.engine.config import EngineConfig
+from mrsa.rsa import RsaParams, RsaRun
+from mrsa.rsa.events import RsaResult, RunCompleted
 
 RESULTS = Path(__file__).parent / "results"
 QUESTION = [
@@ -103,8 +103,8 @@ def _fixed_length_params() -> RsaParams:
 async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from mrsa.service.app import create_app
+    from mrsa.service.settings import Settings
 
     params = _fixed_length_params()
     settings = Settings(host="127.0.0.1", port=port)
@@ -144,8 +144,8 @@ async def bench_p2(upstreams: list[str], model: str, repeats: int, port: int) ->
     """P1's schedule through the service over the remote engine: 1 upstream, then all."""
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from mrsa.service.app import create_app
+    from mrsa.service.settings import Settings
 
     params = _fixed_length_params()
     out: dict = {"params": params.model_dump(), "upstreams": upstreams, "configs": []}
@@ -262,7 +262,7 @@ def _report(results: dict) -> None:
 
 async def _main(args: argparse.Namespace) -> dict:
     if args.which == "p2":
-        from engine.provision import ensure_model
+        from mrsa.engine.provision import ensure_model
 
         if not args.upstream:
             raise SystemExit("mrsa bench p2 needs at least one --upstream URL")
@@ -271,7 +271,7 @@ async def _main(args: argparse.Namespace) -> dict:
         results["p2"] = await bench_p2(args.upstream, model, args.repeats, args.port)
         return results
 
-    from engine.local import LocalEngine
+    from mrsa.engine.local import LocalEngine
 
     config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len,

@@ -11,7 +11,4 @@ if [ "$FLAVOUR" = cpu ]; then
   # `import transformers` fail ("operator torchvision::nms does not exist").
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
-# Our top-level packages `rsa` and `kernels` share their names with PyPI's `rsa` (crypto) and
-# Hugging Face's `kernels`; neither may be installed beside them (tests/unit/test_names.py).
-.venv/bin/python -m pip uninstall -y -q rsa kernels 2>/dev/null || true
-.venv/bin/python -c "import transformers, vllm, service, rsa, engine, kernels" 
+.venv/bin/python -c "import transformers, vllm, mrsa.service, mrsa.rsa, mrsa.engine, mrsa.kernels"

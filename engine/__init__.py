@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from engine.base import Engine
-from engine.config import EngineConfig
+from mrsa.engine.base import Engine
+from mrsa.engine.config import EngineConfig
 
 
 def create_engine(config: EngineConfig) -> Engine:
     """The remote-replica engine when ``config.upstreams`` is set, else the embedded vLLM
     engine (vLLM is imported only then, lazily)."""
     if config.upstreams:
-        from engine.remote import RemoteEngine
+        from mrsa.engine.remote import RemoteEngine
 
         return RemoteEngine(config)
-    from engine.local import LocalEngine
+    from mrsa.engine.local import LocalEngine
 
     return LocalEngine(config)

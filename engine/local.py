@@ -13,8 +13,8 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from engine.base import EngineError, GenerationDelta, SamplingParams
-from engine.config import CCA_OPS_ENV, EngineConfig
+from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
+from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def resolve_model(config: EngineConfig) -> tuple[str, str]:
     that is not also a local folder: that model, provisioned. Anything else goes to vLLM as given
     (a folder or a hub id) and is served under what the user passed, as ``vllm serve`` does.
     """
-    from engine.provision import DEFAULT_MODEL, ensure_model, lookup
+    from mrsa.engine.provision import DEFAULT_MODEL, ensure_model, lookup
 
     packaged = lookup(config.model or DEFAULT_MODEL)
     if packaged is not None and not (config.model and Path(config.model).exists()):

@@ -53,8 +53,8 @@ from pathlib import Path
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from engine.base import EngineError, GenerationDelta, SamplingParams
-from engine.config import EngineConfig
+from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
+from mrsa.engine.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class RemoteEngine:
             pool=30.0,
         )
         model = self._discover(config)
-        from engine.local import HFTokenizer
+        from mrsa.engine.local import HFTokenizer
 
         self.tokenizer = HFTokenizer(model)
         self._verify_all()

@@ -1,11 +1,18 @@
 """Markovian RSA: recursive self-aggregation over bounded tails, against any engine.
 
 Pure and deterministic given a seed; imports nothing but the engine protocol
-(:mod:`engine.base`), so it runs against a fake engine in milliseconds.
+(:mod:`mrsa.engine.base`), so it runs against a fake engine in milliseconds. Installed as
+``mrsa.rsa``; not PyPI's ``rsa`` (tests/unit/test_names.py).
 """
 
-from rsa.answers import extract_answer, majority_vote, normalize_answer
-from rsa.events import (
+if __name__ == "rsa":  # this folder, found under the bare name from a checkout's root
+    from mrsa import step_aside
+
+    step_aside(__name__, __file__)
+
+
+from mrsa.rsa.answers import extract_answer, majority_vote, normalize_answer
+from mrsa.rsa.events import (
     FinalDelta,
     FinalMode,
     FinalStarted,
@@ -20,11 +27,11 @@ from rsa.events import (
     StopReason,
     Usage,
 )
-from rsa.params import RsaLimits, RsaParamError, RsaParams
-from rsa.plan import Plan
-from rsa.prompts import ContextNeeds, ContextTooLongError, NoUserMessageError, check_context
-from rsa.runner import RsaRun
-from rsa.tails import Tail, take_tail
+from mrsa.rsa.params import RsaLimits, RsaParamError, RsaParams
+from mrsa.rsa.plan import Plan
+from mrsa.rsa.prompts import ContextNeeds, ContextTooLongError, NoUserMessageError, check_context
+from mrsa.rsa.runner import RsaRun
+from mrsa.rsa.tails import Tail, take_tail
 
 __all__ = [
     "ContextNeeds",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from engine.base import EngineError
+from mrsa.engine.base import EngineError
 
 StopReason = Literal["rounds", "consensus", "budget", "deadline"]
 FinalMode = Literal["aggregate", "majority", "direct"]

@@ -16,9 +16,9 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
-from engine.base import Completion
-from rsa.events import NodeRecord
-from rsa.tails import Tail
+from mrsa.engine.base import Completion
+from mrsa.rsa.events import NodeRecord
+from mrsa.rsa.tails import Tail
 
 
 class NodeState(Enum):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.base import Tokenizer
-from rsa.params import RsaParams
-from rsa.tails import Tail
+from mrsa.engine.base import Tokenizer
+from mrsa.rsa.params import RsaParams
+from mrsa.rsa.tails import Tail
 
 AGGREGATE_INSTRUCTION = (
     "You are given a problem and several candidate solutions. Some of them may be wrong. "

@@ -53,10 +53,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from engine.base import Completion, Engine, EngineError, SamplingParams
-from rsa.answers import extract_answer, normalize_answer
-from rsa.budget import TokenBudget
-from rsa.events import (
+from mrsa.engine.base import Completion, Engine, EngineError, SamplingParams
+from mrsa.rsa.answers import extract_answer, normalize_answer
+from mrsa.rsa.budget import TokenBudget
+from mrsa.rsa.events import (
     FailedTrace,
     FinalDelta,
     FinalMode,
@@ -72,12 +72,12 @@ from rsa.events import (
     StopReason,
     Usage,
 )
-from rsa.node import Node, NodeState
-from rsa.params import RsaParams
-from rsa.plan import Plan
-from rsa.prompts import ContextTooLongError, aggregation_messages, check_context
-from rsa.selection import final_mode, final_pool, majority_pick
-from rsa.tails import take_tail
+from mrsa.rsa.node import Node, NodeState
+from mrsa.rsa.params import RsaParams
+from mrsa.rsa.plan import Plan
+from mrsa.rsa.prompts import ContextTooLongError, aggregation_messages, check_context
+from mrsa.rsa.selection import final_mode, final_pool, majority_pick
+from mrsa.rsa.tails import take_tail
 
 log = logging.getLogger(__name__)
 

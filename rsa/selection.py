@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rsa.answers import majority_vote, normalize_answer
-from rsa.events import FinalMode
-from rsa.node import Node
-from rsa.params import Selection
+from mrsa.rsa.answers import majority_vote, normalize_answer
+from mrsa.rsa.events import FinalMode
+from mrsa.rsa.node import Node
+from mrsa.rsa.params import Selection
 
 
 def final_pool(rounds: Sequence[Sequence[Node]], k: int) -> list[Node]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.base import Tokenizer
+from mrsa.engine.base import Tokenizer
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

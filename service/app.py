@@ -13,25 +13,25 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from engine.base import Engine
-from engine.config import EngineConfig
-from service import metrics
-from service.admission import Admission
-from service.auth import ApiKeyMiddleware, load_keys
-from service.body_limit import BodyLimitMiddleware
-from service.errors import install_error_handlers
-from service.logs import RequestIdMiddleware
-from service.routes import router
-from service.runs import RunManager
-from service.settings import Settings
-from service.trace_view import router as trace_router
+from mrsa.engine.base import Engine
+from mrsa.engine.config import EngineConfig
+from mrsa.service import metrics
+from mrsa.service.admission import Admission
+from mrsa.service.auth import ApiKeyMiddleware, load_keys
+from mrsa.service.body_limit import BodyLimitMiddleware
+from mrsa.service.errors import install_error_handlers
+from mrsa.service.logs import RequestIdMiddleware
+from mrsa.service.routes import router
+from mrsa.service.runs import RunManager
+from mrsa.service.settings import Settings
+from mrsa.service.trace_view import router as trace_router
 
 log = logging.getLogger(__name__)
 EngineFactory = Callable[[EngineConfig], Engine]
 
 
 def default_engine_factory(config: EngineConfig) -> Engine:
-    from engine import create_engine
+    from mrsa.engine import create_engine
 
     return create_engine(config)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import APIError
+from mrsa.service.errors import APIError
 
 # The trace view's page and script hold no data: its API calls carry the key typed in the page.
 OPEN_PATHS = frozenset({"/health", "/trace", "/trace/trace.js"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import APIError
+from mrsa.service.errors import APIError
 
 
 class BodyLimitMiddleware:

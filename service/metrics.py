@@ -25,7 +25,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-from rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RsaEvent, RsaResult, RunCompleted
+from mrsa.rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RsaEvent, RsaResult, RunCompleted
 
 REQUESTS = Counter("mrsa_http_requests_total", "HTTP requests by method, route and status.", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 
-from engine.base import Engine, GenerationDelta, SamplingParams
+from mrsa.engine.base import Engine, GenerationDelta, SamplingParams
 
 
 async def merged_generations(

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from engine.base import Completion, Engine, EngineError, SamplingParams
-from rsa import ContextTooLongError, NoUserMessageError, RsaParamError, RsaParams, RsaRun
-from rsa.events import (
+from mrsa.engine.base import Completion, Engine, EngineError, SamplingParams
+from mrsa.rsa import ContextTooLongError, NoUserMessageError, RsaParamError, RsaParams, RsaRun
+from mrsa.rsa.events import (
     FinalDelta,
     FinalStarted,
     NodeFinished,
@@ -26,11 +26,11 @@ from rsa.events import (
     RunFailed,
     Usage,
 )
-from service import logs, metrics
-from service.admission import Overloaded, Ticket
-from service.background import ClientDisconnected, pump, until_disconnect
-from service.errors import APIError, from_validation_error
-from service.schemas import (
+from mrsa.service import logs, metrics
+from mrsa.service.admission import Overloaded, Ticket
+from mrsa.service.background import ClientDisconnected, pump, until_disconnect
+from mrsa.service.errors import APIError, from_validation_error
+from mrsa.service.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
@@ -42,9 +42,9 @@ from service.schemas import (
     completion_id,
     now,
 )
-from service.runs import RunManager, new_run_id
-from service.settings import Settings
-from service.streaming import DONE, ChunkFactory, sse, sse_error
+from mrsa.service.runs import RunManager, new_run_id
+from mrsa.service.settings import Settings
+from mrsa.service.streaming import DONE, ChunkFactory, sse, sse_error
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -483,7 +483,7 @@ def _plain_params(
 async def _plain_completion(
     body: ChatCompletionRequest, request: Request, engine: Engine, chunks: ChunkFactory
 ) -> Response:
-    from service.plain import merged_generations
+    from mrsa.service.plain import merged_generations
 
     prompt_ids = engine.tokenizer.apply_chat_template(body.chat())
     params = _plain_params(body, _settings(request), len(prompt_ids), engine.max_model_len)

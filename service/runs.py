@@ -30,12 +30,12 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
-from engine.base import Engine, EngineError
-from rsa import RsaParams, RsaRun
-from rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed
-from service import logs, metrics
-from service.admission import Admission, Ticket
-from service.store import AsyncStore, Store, StoredRun
+from mrsa.engine.base import Engine, EngineError
+from mrsa.rsa import RsaParams, RsaRun
+from mrsa.rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed
+from mrsa.service import logs, metrics
+from mrsa.service.admission import Admission, Ticket
+from mrsa.service.store import AsyncStore, Store, StoredRun
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class RunManager:
 
     async def _execute(self, run_id: str, spec: dict, ticket: Ticket, attempt: int, run: RsaRun | None,
                        records: list, elapsed_s: float) -> None:
-        from service.routes import completion_body, progress_event, usage_info  # no import cycle
+        from mrsa.service.routes import completion_body, progress_event, usage_info  # no import cycle
 
         store = self._open()
         logs.bind_run(run_id)  # this task's own context: every record it logs names the run

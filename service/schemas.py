@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from rsa.params import RsaParams
+from mrsa.rsa.params import RsaParams
 
 # The OpenAPI schema documents the rsa object field by field (every field optional: server
 # defaults fill the rest), while the request keeps it raw so errors can name `rsa.<field>`.

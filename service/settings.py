@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.config import EngineConfig
-from rsa.params import RsaLimits, RsaParams
+from mrsa.engine.config import EngineConfig
+from mrsa.rsa.params import RsaLimits, RsaParams
 
 
 class RsaDefaults(BaseModel):

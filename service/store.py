@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rsa.events import NodeRecord
+from mrsa.rsa.events import NodeRecord
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import APIError
+from mrsa.service.errors import APIError
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from engine.base import EngineError, FinishReason, GenerationDelta, SamplingParams
+from mrsa.engine.base import EngineError, FinishReason, GenerationDelta, SamplingParams
 
 T = TypeVar("T")
 Knob = T | Callable[["FakeRequest"], T]

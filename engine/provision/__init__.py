@@ -4,7 +4,7 @@
 service's default model), downloading and converting it on first use.
 """
 
-from engine.provision.cache import (
+from mrsa.engine.provision.cache import (
     CACHE_ENV_VAR,
     CHECKSUM_FILENAME,
     build_model,
@@ -16,8 +16,8 @@ from engine.provision.cache import (
     verify_checksums,
     write_checksums,
 )
-from engine.provision.catalog import CATALOG, DEFAULT_MODEL, SMALL_MODEL, PackagedModel, lookup
-from engine.provision.fetch import sha256_file
+from mrsa.engine.provision.catalog import CATALOG, DEFAULT_MODEL, SMALL_MODEL, PackagedModel, lookup
+from mrsa.engine.provision.fetch import sha256_file
 
 __all__ = [
     "CACHE_ENV_VAR",

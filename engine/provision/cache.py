@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine.provision.catalog import CATALOG, DEFAULT_MODEL, PackagedModel
-from engine.provision.convert import convert_gguf
-from engine.provision.fetch import fetch_gguf, gguf_is_valid, remove_partial, sha256_file
+from mrsa.engine.provision.catalog import CATALOG, DEFAULT_MODEL, PackagedModel
+from mrsa.engine.provision.convert import convert_gguf
+from mrsa.engine.provision.fetch import fetch_gguf, gguf_is_valid, remove_partial, sha256_file
 
 log = logging.getLogger(__name__)
 

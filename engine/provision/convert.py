@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.provision.catalog import Arch
+from mrsa.engine.provision.catalog import Arch
 
 log = logging.getLogger(__name__)
 

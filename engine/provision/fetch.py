@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from engine.provision.catalog import PackagedModel
+from mrsa.engine.provision.catalog import PackagedModel
 
 log = logging.getLogger(__name__)
 

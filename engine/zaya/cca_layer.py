@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
 
-from engine.zaya.state import CCAState
-from kernels.cca.reference import CCAParams
+from mrsa.engine.zaya.state import CCAState
+from mrsa.kernels.cca.reference import CCAParams
 
 SPLITS = ("q_proj", "k_proj", "v_proj_current", "v_proj_delayed")
 

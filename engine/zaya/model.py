@@ -24,11 +24,11 @@ from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, 
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from vllm.sequence import IntermediateTensors
 
-from engine.zaya.cca_layer import SPLITS, ZayaAttention
-from engine.zaya.moe import CHECKPOINT_EXPERTS, ZayaSparseMoeBlock
-from engine.zaya.norm import ZayaResidualScaling, ZayaRMSNorm
-from engine.zaya.state import state_shapes
-from kernels.cca.reference import rope_cos_sin_cache
+from mrsa.engine.zaya.cca_layer import SPLITS, ZayaAttention
+from mrsa.engine.zaya.moe import CHECKPOINT_EXPERTS, ZayaSparseMoeBlock
+from mrsa.engine.zaya.norm import ZayaResidualScaling, ZayaRMSNorm
+from mrsa.engine.zaya.state import state_shapes
+from mrsa.kernels.cca.reference import rope_cos_sin_cache
 
 
 def rope_tables(cfg: object, max_len: int) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ back (on every rank, before vLLM dispatches tokens to the ranks holding their ex
 custom routing function it is routing method ``Custom``, which kernels with built-in routing
 (FlashInfer TRT-LLM's monolithic MoE) decline, so vLLM never re-routes from these "logits".
 
-Outside vLLM (``kernels/cca/bench_model.py`` runs the model math on hosts without vLLM) the
+Outside vLLM (``benchmarks/kernels/zaya_model_bench.py`` runs the model math on hosts without vLLM) the
 experts are :class:`ZayaExperts`: plain PyTorch, one GEMM pair per expert hit, with the
 checkpoint's 3-D layout ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``.
 """
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.zaya.norm import ZayaRMSNorm
+from mrsa.engine.zaya.norm import ZayaRMSNorm
 
 CHECKPOINT_EXPERTS = ("gate_up_proj", "down_proj")  # transformers' ZayaExperts tensors
 

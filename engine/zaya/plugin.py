@@ -23,7 +23,7 @@ def register() -> None:
         from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
         if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-            ModelRegistry.register_model(ARCHITECTURE, "engine.zaya.model:ZayaForCausalLM")
+            ModelRegistry.register_model(ARCHITECTURE, "mrsa.engine.zaya.model:ZayaForCausalLM")
         MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, _config_hook())
     except Exception:
         log.exception("could not register the ZAYA model with vLLM")

@@ -28,8 +28,8 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.mamba.abstract import MambaBase
 from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 
-from engine.config import CCA_OPS_ENV, CcaOps
-from kernels.cca.reference import CCAParams, CCAPrefillOut, cca_decode_ref, cca_prefill_ref
+from mrsa.engine.config import CCA_OPS_ENV, CcaOps
+from mrsa.kernels.cca.reference import CCAParams, CCAPrefillOut, cca_decode_ref, cca_prefill_ref
 
 
 def state_shapes(cfg: object) -> tuple[tuple[int, int], tuple[int]]:
@@ -55,8 +55,8 @@ def _ops(device_type: str, mode: str) -> tuple[Callable[..., CCAPrefillOut], Cal
         # Triton compiles for GPUs only; on other devices its interpreter runs the same kernels
         # (slowly), which is how CPU tests exercise this path inside vLLM.
         raise RuntimeError(f"{CCA_OPS_ENV}=triton on {device_type} needs TRITON_INTERPRET=1 in the engine's environment")
-    from kernels.cca.decode import cca_decode
-    from kernels.cca.prefill import cca_prefill
+    from mrsa.kernels.cca.decode import cca_decode
+    from mrsa.kernels.cca.prefill import cca_prefill
 
     return cca_prefill, cca_decode
 

@@ -1,6 +1,6 @@
 """Write a tiny random ZAYA checkpoint (transformers format) with a small tokenizer of its own.
 
-    python -m engine.zaya.tiny OUT_DIR [--seed 0]
+    python -m mrsa.engine.zaya.tiny OUT_DIR [--seed 0]
 
 Used by tests/zaya to compare the vLLM model with transformers' ``ZayaForCausalLM`` on the same
 weights, and to serve ZAYA end to end through the HTTP service on a CPU. The shape follows the

@@ -9,9 +9,9 @@ Triton runs on CUDA; on a CPU-only machine set ``TRITON_INTERPRET=1`` before imp
 package (the tests do), or use the references.
 """
 
-from kernels.cca.decode import cca_decode
-from kernels.cca.prefill import cca_prefill
-from kernels.cca.reference import (
+from mrsa.kernels.cca.decode import cca_decode
+from mrsa.kernels.cca.prefill import cca_prefill
+from mrsa.kernels.cca.reference import (
     CCADecodeOut,
     CCAParams,
     CCAPrefillOut,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kernels.cca.reference import CCAParams, _check
+from mrsa.kernels.cca.reference import CCAParams, _check
 
 
 @dataclass(frozen=True)

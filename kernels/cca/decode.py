@@ -17,10 +17,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.cca import _args
-from kernels.cca._args import check_state, prepare
-from kernels.cca._tile import _cca_tile
-from kernels.cca.reference import CCADecodeOut, CCAParams
+from mrsa.kernels.cca import _args
+from mrsa.kernels.cca._args import check_state, prepare
+from mrsa.kernels.cca._tile import _cca_tile
+from mrsa.kernels.cca.reference import CCADecodeOut, CCAParams
 
 _BLOCK_REQUESTS = 16
 

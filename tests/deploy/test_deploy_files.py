@@ -200,10 +200,16 @@ def test_dockerfile_serves_on_all_interfaces_with_a_health_check(name: str) -> N
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
-def test_dockerfile_keeps_our_package_names_to_ourselves(name: str) -> None:
-    runs = " ".join(_args(_dockerfile(name), "RUN"))
-    assert re.search(r"pip uninstall -y rsa kernels\b", runs), runs
-    assert "packages_distributions()" in runs  # the build proves it
+def test_dockerfile_installs_one_package_and_removes_nobody_elses(name: str) -> None:
+    instructions = _dockerfile(name)
+    runs = " ".join(_args(instructions, "RUN"))
+    assert not re.search(r"pip uninstall -y[^&]*\b(rsa|kernels)\b", runs), runs
+    assert "packages_distributions()" in runs and "d.get('mrsa'" in runs  # the build proves it
+    # Every folder the wheel maps into `mrsa` is copied into the build context, and no other.
+    copied = {args.split()[-1].removeprefix("./") for args in _args(instructions, "COPY")}
+    mapped = set(re.findall(r'"mrsa(?:\.\w+)?" = "(\w+)"', (ROOT / "pyproject.toml").read_text()))
+    assert mapped == {"mrsa", "service", "rsa", "engine", "kernels", "evals"}
+    assert mapped <= copied and "benchmarks" not in copied, copied
 
 
 def test_cpu_dockerfile_installs_like_install_sh_and_provisions_the_model() -> None:

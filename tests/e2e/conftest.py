@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from engine.provision import SMALL_MODEL
+from mrsa.engine.provision import SMALL_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def start_server(
     }
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "mrsa", "serve", "--port", str(port), *args],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

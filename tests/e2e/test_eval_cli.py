@@ -14,7 +14,7 @@ from tests.e2e.conftest import ROOT, Server
 def test_mrsa_eval_through_the_service(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = subprocess.run(
-        [sys.executable, "-m", "service", "eval", "--url", server.url, "--size", "2", "--difficulty", "0",
+        [sys.executable, "-m", "mrsa", "eval", "--url", server.url, "--size", "2", "--difficulty", "0",
          "--config", "single", "--config", "rsa:n=2,k=2,t=2", "--trace-max-tokens", "32",
          "--tail-tokens", "16", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import provision as dm
-from engine.provision import catalog, convert
+from mrsa.engine import provision as dm
+from mrsa.engine.provision import catalog, convert
 
 SMALL = catalog.SMOLLM2_135M
 

@@ -28,7 +28,7 @@ import httpx
 import openai
 import pytest
 
-from engine.provision import SMALL_MODEL, ensure_model
+from mrsa.engine.provision import SMALL_MODEL, ensure_model
 from tests.e2e.conftest import ROOT, Server, free_port, start_server, stop_server
 from tests.e2e.faulty_proxy import FaultyProxy
 

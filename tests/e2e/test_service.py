@@ -283,7 +283,7 @@ def test_server_is_healthy_and_idle_after_all_of_that(server: Server) -> None:
 
 def _ask(server: Server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service", "ask", "What is 7 + 5?", "--url", server.url, *args],
+        [sys.executable, "-m", "mrsa", "ask", "What is 7 + 5?", "--url", server.url, *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"},
     )
 

@@ -22,13 +22,13 @@ if not torch.cuda.is_available():
     _prev = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        import kernels.cca.decode
-        import kernels.cca.prefill
+        import mrsa.kernels.cca.decode
+        import mrsa.kernels.cca.prefill
         from triton.runtime.interpreter import InterpretedFunction
 
-        for _kernel in (kernels.cca.prefill._cca_prefill_kernel, kernels.cca.decode._cca_decode_kernel):
+        for _kernel in (mrsa.kernels.cca.prefill._cca_prefill_kernel, mrsa.kernels.cca.decode._cca_decode_kernel):
             if not isinstance(_kernel, InterpretedFunction):
-                raise RuntimeError("kernels.cca was imported before TRITON_INTERPRET=1 was set; run it in a fresh process")
+                raise RuntimeError("mrsa.kernels.cca was imported before TRITON_INTERPRET=1 was set; run it in a fresh process")
     finally:
         if _prev is None:
             del os.environ["TRITON_INTERPRET"]

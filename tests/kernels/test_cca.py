@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from kernels.cca import _args
-from kernels.cca.decode import cca_decode
-from kernels.cca.prefill import cca_prefill
-from kernels.cca.reference import (
+from mrsa.kernels.cca import _args
+from mrsa.kernels.cca.decode import cca_decode
+from mrsa.kernels.cca.prefill import cca_prefill
+from mrsa.kernels.cca.reference import (
     CCADecodeOut,
     CCAParams,
     CCAPrefillOut,
@@ -273,11 +273,11 @@ def test_prefill_kernel_matches_transformers(rng: Seeded) -> None:
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="the GPU runs the full benchmark instead")
 def test_bench_smoke() -> None:
-    """kernels/cca/bench.py --smoke: imports and runs its correctness part on tiny shapes."""
+    """benchmarks/kernels/cca_bench.py --smoke: imports and runs its correctness part on tiny shapes."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     env.pop("OUT", None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "kernels" / "cca" / "bench.py"), "--smoke"],
+        [sys.executable, str(ROOT / "benchmarks" / "kernels" / "cca_bench.py"), "--smoke"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from kernels.cca.reference import (
+from mrsa.kernels.cca.reference import (
     CCAParams,
     cca_decode_ref,
     cca_params_from_hf,

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.admission import Admission, Overloaded
+from mrsa.service.admission import Admission, Overloaded
 from tests.fakes import FakeEngine
 from tests.unit.test_store import QUESTION, RSA, serving, submit, wait_status
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsa.answers import extract_answer, majority_vote, normalize_answer
+from mrsa.rsa.answers import extract_answer, majority_vote, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 from tests.unit.test_store import QUESTION, RSA, serving
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rsa.budget import TokenBudget
+from mrsa.rsa.budget import TokenBudget
 
 
 def test_grants_never_exceed_total_minus_reserve() -> None:

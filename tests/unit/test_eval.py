@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.eval.backends import EngineBackend, HttpBackend
-from benchmarks.eval.datasets import Problem, arithmetic, load_jsonl
-from benchmarks.eval.grading import is_correct
-from benchmarks.eval.runner import evaluate, parse_config
-from benchmarks.eval.scoring import RoundScore, score_rounds, summarize
-from rsa import RsaRun
-from service.app import create_app
-from service.settings import Settings
+from mrsa.evals.backends import EngineBackend, HttpBackend
+from mrsa.evals.datasets import Problem, arithmetic, load_jsonl
+from mrsa.evals.grading import is_correct
+from mrsa.evals.runner import evaluate, parse_config
+from mrsa.evals.scoring import RoundScore, score_rounds, summarize
+from mrsa.rsa import RsaRun
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine, FakeRequest, collect
 
 # ----------------------------------------------------------------------------- datasets
@@ -225,8 +225,8 @@ async def test_http_errors_become_failed_runs_not_crashes() -> None:
 
 
 def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine as engine_pkg
-    from service.cli import main
+    import mrsa.engine as engine_pkg
+    from mrsa.cli import main
 
     problems = arithmetic(4, 1, seed=0)
     monkeypatch.setattr(engine_pkg, "create_engine", lambda config: _coin_engine(problems))
@@ -242,7 +242,7 @@ def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.M
 
 
 async def test_markdown_table_has_a_row_per_config_and_round() -> None:
-    from benchmarks.eval.report.table import markdown_table
+    from mrsa.evals.report.table import markdown_table
 
     problems = arithmetic(2, 1, seed=0)
     configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=2,k=1,t=3")]
@@ -286,7 +286,7 @@ def test_grading_reads_numbers_as_gsm8k_writes_them(predicted: str, gold: str, e
 
 
 def test_mcnemar_is_the_exact_two_sided_binomial() -> None:
-    from benchmarks.eval.stats import mcnemar_exact
+    from mrsa.evals.stats import mcnemar_exact
 
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 5) == 1.0
@@ -296,7 +296,7 @@ def test_mcnemar_is_the_exact_two_sided_binomial() -> None:
 
 
 def test_paired_difference_and_its_interval() -> None:
-    from benchmarks.eval.stats import paired
+    from mrsa.evals.stats import paired
 
     a = [True] * 30 + [False] * 10
     same = paired("a", a, "b", list(a))
@@ -315,7 +315,7 @@ def test_paired_difference_and_its_interval() -> None:
 
 
 async def test_memo_engine_replays_seeded_requests_and_counts_their_tokens() -> None:
-    from benchmarks.eval.memo import MemoEngine
+    from mrsa.evals.memo import MemoEngine
 
     problems = arithmetic(3, 1, seed=4)
     inner = _coin_engine(problems)
@@ -337,8 +337,8 @@ async def test_memo_engine_replays_seeded_requests_and_counts_their_tokens() -> 
 
 
 async def test_memo_engine_does_not_keep_aborted_requests() -> None:
-    from benchmarks.eval.memo import MemoEngine
-    from engine.base import SamplingParams
+    from mrsa.evals.memo import MemoEngine
+    from mrsa.engine.base import SamplingParams
 
     inner = FakeEngine(length=40, delay=0.001)
     memo = MemoEngine(inner)
@@ -362,7 +362,7 @@ async def test_memo_engine_does_not_keep_aborted_requests() -> None:
 
 
 async def test_resume_keeps_finished_runs_and_pairs_every_config(tmp_path: Path) -> None:
-    from benchmarks.eval.runner import comparisons
+    from mrsa.evals.runner import comparisons
 
     problems = arithmetic(6, 1, seed=2)
     configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=3,k=2,t=2")]
@@ -383,7 +383,7 @@ async def test_resume_keeps_finished_runs_and_pairs_every_config(tmp_path: Path)
 
 
 async def test_memo_file_replays_completions_in_a_later_evaluation(tmp_path: Path) -> None:
-    from benchmarks.eval.memo import MemoEngine
+    from mrsa.evals.memo import MemoEngine
 
     problems = arithmetic(2, 1, seed=6)
     configs = [parse_config("rsa:n=3,k=2,t=2", DEFAULTS)]

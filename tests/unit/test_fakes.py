@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.base import Completion, Engine, EngineError, SamplingParams, Tokenizer
+from mrsa.engine.base import Completion, Engine, EngineError, SamplingParams, Tokenizer
 from tests.fakes import FakeEngine, FakeTokenizer
 
 

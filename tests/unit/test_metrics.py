@@ -9,9 +9,9 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from service import metrics
-from service.app import create_app
-from service.settings import Settings
+from mrsa.service import metrics
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 
 

@@ -7,7 +7,7 @@ from itertools import combinations
 
 import pytest
 
-from rsa.plan import Plan
+from mrsa.rsa.plan import Plan
 
 
 def test_every_later_node_has_k_distinct_parents_in_range() -> None:

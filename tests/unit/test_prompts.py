@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rsa.params import RsaParams
-from rsa.prompts import (
+from mrsa.rsa.params import RsaParams
+from mrsa.rsa.prompts import (
     ContextTooLongError,
     aggregation_messages,
     aggregation_text,
     check_context,
 )
-from rsa.tails import Tail
+from mrsa.rsa.tails import Tail
 from tests.fakes import FakeTokenizer
 
 CHAT = [

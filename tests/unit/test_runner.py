@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsa import (
+from mrsa.rsa import (
     FinalDelta,
     FinalStarted,
     NodeFinished,
@@ -14,7 +14,7 @@ from rsa import (
     RsaRun,
     RunCompleted,
 )
-from rsa.plan import Plan
+from mrsa.rsa.plan import Plan
 from tests.fakes import FakeEngine, FakeRequest, collect
 
 MESSAGES = [
@@ -200,7 +200,7 @@ async def test_event_stream_contract() -> None:
 @pytest.mark.asyncio
 async def test_every_request_fits_an_exactly_sized_context() -> None:
     # The fake engine rejects prompt + max_tokens > max_model_len: size it to the check's bound.
-    from rsa import check_context
+    from mrsa.rsa import check_context
 
     engine = FakeEngine(length=60)
     p = params(selection="aggregate", final_max_tokens=80)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from engine.base import EngineError
-from rsa import FinalDelta, NodeFinished, NodeStarted, RsaParams, RsaRun
+from mrsa.engine.base import EngineError
+from mrsa.rsa import FinalDelta, NodeFinished, NodeStarted, RsaParams, RsaRun
 from tests.fakes import FakeEngine, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
@@ -79,7 +79,7 @@ async def test_engine_errors_propagate_after_cleanup() -> None:
 
 @pytest.mark.asyncio
 async def test_context_too_long_is_refused_before_any_request() -> None:
-    from rsa import ContextTooLongError
+    from mrsa.rsa import ContextTooLongError
 
     engine = FakeEngine(max_model_len=200)
     params = RsaParams(population=4, k=4, rounds=2, tail_tokens=100, trace_max_tokens=100)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.base import EngineError, GenerationDelta, SamplingParams
-from rsa import NodeFinished, NodeStarted, RsaParams, RsaRun
-from rsa.events import RunFailed
-from rsa.plan import Plan
+from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
+from mrsa.rsa import NodeFinished, NodeStarted, RsaParams, RsaRun
+from mrsa.rsa.events import RunFailed
+from mrsa.rsa.plan import Plan
 from tests.fakes import FakeEngine, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rsa import NodeFinished, RsaLimits, RsaParams, RsaRun
+from mrsa.rsa import NodeFinished, RsaLimits, RsaParams, RsaRun
 from tests.fakes import FakeEngine, FakeRequest, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]

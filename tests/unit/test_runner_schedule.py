@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rsa import RsaParams, RsaRun
-from rsa.plan import Plan
+from mrsa.rsa import RsaParams, RsaRun
+from mrsa.rsa.plan import Plan
 from tests.fakes import FakeEngine, FakeRequest, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]

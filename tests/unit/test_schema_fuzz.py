@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from starlette.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]

@@ -11,9 +11,9 @@ import httpx
 import openai
 import pytest
 
-from engine.base import EngineError
-from service.app import create_app
-from service.settings import Settings
+from mrsa.engine.base import EngineError
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.app import create_app
-from service.settings import Settings
-from service.store import Store, StoreLocked
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
+from mrsa.service.store import Store, StoreLocked
 from tests.fakes import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,8 +161,8 @@ def test_a_store_file_is_owned_by_one_server(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, time
-from service.store import Store
-from rsa.events import NodeRecord
+from mrsa.service.store import Store
+from mrsa.rsa.events import NodeRecord
 store = Store(sys.argv[1])
 store.create("run_a", "", {"params": {}}, {"event": "run_started"})
 store.checkpoint("run_a", NodeRecord(round=0, index=0, text="committed"), {"event": "node_finished"}, 1.0)

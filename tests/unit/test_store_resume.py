@@ -9,8 +9,8 @@ from contextlib import aclosing
 
 import pytest
 
-from rsa import NodeFinished, RsaParams, RsaRun, RunCompleted
-from rsa.events import NodeRecord
+from mrsa.rsa import NodeFinished, RsaParams, RsaRun, RunCompleted
+from mrsa.rsa.events import NodeRecord
 from tests.fakes import FakeEngine, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsa.tails import take_tail
+from mrsa.rsa.tails import take_tail
 from tests.fakes import FakeTokenizer
 
 

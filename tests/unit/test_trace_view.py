@@ -7,8 +7,8 @@ import re
 
 import httpx
 
-from service.app import create_app
-from service.settings import Settings
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 
 

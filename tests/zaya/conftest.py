@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def tiny_zaya(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-zaya")
-    subprocess.run([sys.executable, "-m", "engine.zaya.tiny", str(out)], cwd=ROOT, check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "mrsa.engine.zaya.tiny", str(out)], cwd=ROOT, check=True, timeout=300)
     return out
 
 

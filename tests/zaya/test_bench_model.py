@@ -1,4 +1,4 @@
-"""kernels/cca/bench_model.py --smoke: the whole-model benchmark runs (CPU: Triton interpreter)
+"""benchmarks/kernels/zaya_model_bench.py --smoke: the whole-model benchmark runs (CPU: Triton interpreter)
 and its two CCA variants (fused kernels, PyTorch reference) give the same logits."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_model_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "kernels/cca/bench_model.py", "--smoke"],
+        [sys.executable, "benchmarks/kernels/zaya_model_bench.py", "--smoke"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

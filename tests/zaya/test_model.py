@@ -71,8 +71,8 @@ def test_engine_ran_the_requested_cca_ops(vllm_results: dict[str, Any]) -> None:
     """The comparisons above hold for the path asked for: the Triton kernels really ran inside
     the engine (NaN-poisoned outputs, so every element they return was written)."""
     expected = {
-        "reference": ["kernels.cca.reference", "kernels.cca.reference"],
-        "triton": ["kernels.cca.prefill", "kernels.cca.decode"],
+        "reference": ["mrsa.kernels.cca.reference", "mrsa.kernels.cca.reference"],
+        "triton": ["mrsa.kernels.cca.prefill", "mrsa.kernels.cca.decode"],
     }[vllm_results["ops"]]
     assert vllm_results["cca_ops"]["modules"] == expected
     # Every layer of every forward step (profiling, prefill chunks, 32+ decode steps) asks.
@@ -102,7 +102,7 @@ def test_zaya1_8b_kv_cache_is_an_eighth_of_mha() -> None:
     from transformers import ZayaConfig
     from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-    from engine.zaya.state import state_shapes
+    from mrsa.engine.zaya.state import state_shapes
 
     cfg = ZayaConfig()
     assert (cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim) == (2048, 2, 128)

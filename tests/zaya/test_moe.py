@@ -67,7 +67,7 @@ def vllm_cfg() -> Iterator[Any]:
 def build_block(layer: int, gen: torch.Generator) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """A FusedMoE-backed block with random router and expert weights, loaded from checkpoint-
     shaped tensors the way the model loads them; returns (block, gate_up_proj, down_proj)."""
-    from engine.zaya.moe import ZayaSparseMoeBlock
+    from mrsa.engine.zaya.moe import ZayaSparseMoeBlock
 
     block = ZayaSparseMoeBlock(zaya_cfg(), layer, prefix=f"model.layers.{layer}.mlp")
     with torch.no_grad():
@@ -86,7 +86,7 @@ def build_block(layer: int, gen: torch.Generator) -> tuple[Any, torch.Tensor, to
 def test_fused_experts_match_reference_with_skip_tokens(vllm_cfg: Any) -> None:
     from vllm.forward_context import set_forward_context
 
-    from engine.zaya.moe import encode_route
+    from mrsa.engine.zaya.moe import encode_route
 
     gen = torch.Generator().manual_seed(0)
     block, gate_up, down = build_block(0, gen)
@@ -137,7 +137,7 @@ def test_checkpoint_experts_load_only_this_ranks_experts_under_ep(vllm_cfg: Any,
     import vllm.model_executor.layers.fused_moe.layer as moe_layer
     from vllm.config import VllmConfig, set_current_vllm_config
 
-    from engine.zaya.moe import ZayaSparseMoeBlock
+    from mrsa.engine.zaya.moe import ZayaSparseMoeBlock
 
     dp_group = types.SimpleNamespace(world_size=2, rank_in_group=1)
     monkeypatch.setattr(moe_layer, "get_dp_group", lambda: dp_group)

@@ -46,7 +46,7 @@ def poison_kernel_outputs() -> None:
     """Every output buffer the Triton kernels allocate starts as NaN."""
     import torch
 
-    from kernels.cca import _args
+    from mrsa.kernels.cca import _args
 
     _args.empty = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)
 
@@ -54,7 +54,7 @@ def poison_kernel_outputs() -> None:
 def main(model: str, out: str, ops: str = "auto") -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from engine.config import CCA_OPS_ENV
+    from mrsa.engine.config import CCA_OPS_ENV
 
     os.environ[CCA_OPS_ENV] = ops
     if ops == "triton":
@@ -63,7 +63,7 @@ def main(model: str, out: str, ops: str = "auto") -> None:
     import torch
     from vllm import LLM, SamplingParams
 
-    from engine.zaya import state
+    from mrsa.engine.zaya import state
 
     llm = LLM(
         model=model,

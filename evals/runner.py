@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from benchmarks.eval.backends import Backend, RunError
-from benchmarks.eval.datasets import Problem
-from benchmarks.eval.grading import is_correct
-from benchmarks.eval.scoring import RoundScore, score_rounds, summarize
-from benchmarks.eval.stats import paired
-from rsa import RsaParams
+from mrsa.evals.backends import Backend, RunError
+from mrsa.evals.datasets import Problem
+from mrsa.evals.grading import is_correct
+from mrsa.evals.scoring import RoundScore, score_rounds, summarize
+from mrsa.evals.stats import paired
+from mrsa.rsa import RsaParams
 
 _KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
          "sel": "selection", "temp": "temperature", "final": "final_max_tokens"}
@@ -176,8 +176,9 @@ async def evaluate(
 ) -> dict:
     """Every configuration over the same problems; the results document.
 
-    Work goes problem by problem (every configuration of problem i before those of problem
-    i + concurrency), so a results document saved mid-way (``checkpoint``, every
+    Work goes problem by problem: ``concurrency`` problems at a time, each running all its
+    configurations at once (their shared samples are generated once when the backend's engine
+    memoises them), so a results document saved mid-way (``checkpoint``, every
     ``checkpoint_every`` problems) pairs all configurations on the problems done so far.
     ``previous``: a results document of the same configurations to continue; its finished runs
     are kept (re-graded) and not run again, so a long evaluation can go in slices."""
@@ -211,17 +212,21 @@ async def evaluate(
         progress.update(tasks[c.name], advance=sum(r is not None for r in records[c.name]))
     finished_problems = 0
 
+    async def run(i: int, problem: Problem, config: EvalConfig) -> None:
+        record = await run_one(backend, config, problem, seed * 100_000 + i)
+        records[config.name][i] = record
+        done = [r for r in records[config.name] if r is not None]
+        acc = sum(r.final_correct for r in done) / len(done)
+        progress.update(tasks[config.name], advance=1, acc=f"final {acc:.3f}")
+
     async def one(i: int, problem: Problem) -> None:
+        """All configurations of one problem at once (shared samples are generated once)."""
         nonlocal finished_problems
-        for config in configs:
-            if records[config.name][i] is not None:
-                continue
-            async with gate:
-                record = await run_one(backend, config, problem, seed * 100_000 + i)
-            records[config.name][i] = record
-            done = [r for r in records[config.name] if r is not None]
-            acc = sum(r.final_correct for r in done) / len(done)
-            progress.update(tasks[config.name], advance=1, acc=f"final {acc:.3f}")
+        todo = [c for c in configs if records[c.name][i] is None]
+        if not todo:
+            return
+        async with gate:
+            await asyncio.gather(*(run(i, problem, c) for c in todo))
         finished_problems += 1
         if checkpoint is not None and finished_problems % checkpoint_every == 0:
             checkpoint(document())

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from benchmarks.eval.grading import is_correct
-from rsa.answers import majority_vote
+from mrsa.evals.grading import is_correct
+from mrsa.rsa.answers import majority_vote
 
 
 @dataclass(frozen=True)

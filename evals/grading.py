@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from math_verify import parse, verify
 
-from rsa.answers import normalize_answer
+from mrsa.rsa.answers import normalize_answer
 
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")

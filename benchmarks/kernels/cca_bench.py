@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the fused CCA kernels at the ZAYA1-8B attention shape (GPU; torch + triton, no vLLM).
 
-    python kernels/cca/bench.py            # on a CUDA machine: correctness re-check, then timings
-    python kernels/cca/bench.py --smoke    # anywhere: correctness only, tiny shapes (CPU: interpreter)
+    python benchmarks/kernels/cca_bench.py            # on a CUDA machine: correctness re-check, then timings
+    python benchmarks/kernels/cca_bench.py --smoke    # anywhere: correctness only, tiny shapes (CPU: interpreter)
 
 Shape: hidden 2048, 8 query / 2 KV heads of 128, bf16, rotary on 64 dims (theta 5e6), t0 = t1 = 2.
 Before timing it re-checks both kernels against the reference on the device (fresh random inputs,
@@ -33,25 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path.pop(0)  # run as a script: don't let prefill.py/decode.py shadow top-level names
-_ROOT = _HERE.parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels
 
-from torch import Tensor  # noqa: E402
+from torch import Tensor
 
-from kernels.cca import _args  # noqa: E402
-from kernels.cca.decode import cca_decode  # noqa: E402
-from kernels.cca.prefill import cca_prefill  # noqa: E402
-from kernels.cca.reference import (  # noqa: E402
+from mrsa.kernels.cca import _args
+from mrsa.kernels.cca.decode import cca_decode
+from mrsa.kernels.cca.prefill import cca_prefill
+from mrsa.kernels.cca.reference import (
     CCAParams,
     cca_decode_ref,
     cca_prefill_ref,

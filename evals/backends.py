@@ -17,9 +17,9 @@ from typing import Protocol
 
 import httpx
 
-from engine.base import Engine
-from rsa import RsaParams, RsaRun
-from rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RunCompleted
+from mrsa.engine.base import Engine
+from mrsa.rsa import RsaParams, RsaRun
+from mrsa.rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RunCompleted
 
 
 class RunError(Exception):

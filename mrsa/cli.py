@@ -12,15 +12,15 @@ import os
 import sys
 from typing import get_args
 
-from engine.config import CcaOps
+from mrsa.engine.config import CcaOps
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service import logs
-    from service.app import create_app
-    from service.settings import Settings
+    from mrsa.service import logs
+    from mrsa.service.app import create_app
+    from mrsa.service.settings import Settings
 
     overrides: dict = {}
     for name in ("host", "port", "log_level"):
@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from engine.provision import ensure_model
+    from mrsa.engine.provision import ensure_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(ensure_model(args.model, args.cache_dir))
@@ -62,7 +62,7 @@ def _provision(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from service.ask import ask
+    from mrsa.service.ask import ask
 
     rsa = {
         k: v
@@ -82,17 +82,30 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.bench_args[:1] == ["load"]:  # its own flags: mrsa bench load --help
+    """Benchmarks are not shipped in the package: they run from a source checkout."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "run.py").is_file():
+        raise SystemExit("mrsa bench runs from a source checkout of markovian-rsa (benchmarks/ is not installed)")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    which = args.bench_args[:1]
+    if which == ["load"]:  # its own flags: mrsa bench load --help
         from benchmarks.load import main as load_main
 
         return load_main(args.bench_args[1:])
+    if which == ["engine"]:  # mrsa bench engine --help
+        from benchmarks.engine_speed import main as engine_main
+
+        return engine_main(args.bench_args[1:])
     from benchmarks.run import main as bench_main
 
     return bench_main(args.bench_args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from benchmarks.eval.cli import main as eval_main
+    from mrsa.evals.cli import main as eval_main
 
     return eval_main(args)
 
@@ -149,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     prov.set_defaults(func=_provision)
 
     bench = sub.add_parser(
-        "bench", help="benchmarks P1 (HTTP overhead) and P3 (dataflow vs rounds); `bench load`: concurrent clients"
+        "bench", help="benchmarks (from a checkout): P1 HTTP overhead, P3 dataflow vs rounds; "
+        "`bench load`: concurrent clients; `bench engine`: engine tok/s per dtype and CPU reserve"
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
 
-    from benchmarks.eval.cli import add_arguments as eval_arguments
+    from mrsa.evals.cli import add_arguments as eval_arguments
 
     evaluate = sub.add_parser("eval", help="accuracy of single sample, majority vote and RSA on a dataset")
     eval_arguments(evaluate)

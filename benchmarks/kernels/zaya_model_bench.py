@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the whole ZAYA1-8B-shaped model with random weights (GPU; torch + triton, no vLLM).
 
-    python kernels/cca/bench_model.py            # one H100: prefill and decode tokens/s, bf16
-    python kernels/cca/bench_model.py --smoke    # anywhere: tiny shape, fp32, checks + every path
+    python benchmarks/kernels/zaya_model_bench.py            # one H100: prefill and decode tokens/s, bf16
+    python benchmarks/kernels/zaya_model_bench.py --smoke    # anywhere: tiny shape, fp32, checks + every path
 
 The model is engine/zaya's math without vLLM: embedding, 40 layers of [RMSNorm -> CCA attention
 -> residual scaling -> RMSNorm -> router + top-1 MoE (16 experts + skip) -> residual scaling],
@@ -33,26 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-if sys.path and Path(sys.path[0]).resolve() == _HERE:
-    sys.path.pop(0)  # run as a script: don't let prefill.py/decode.py shadow top-level names
-_ROOT = _HERE.parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates the kernels
 
-from torch import Tensor, nn  # noqa: E402
+from torch import Tensor, nn
 
-from engine.zaya.moe import ZayaSparseMoeBlock  # noqa: E402
-from engine.zaya.norm import ZayaResidualScaling, ZayaRMSNorm  # noqa: E402
-from kernels.cca.decode import cca_decode  # noqa: E402
-from kernels.cca.prefill import cca_prefill  # noqa: E402
-from kernels.cca.reference import CCAParams, cca_decode_ref, cca_prefill_ref, rope_cos_sin_cache  # noqa: E402
+from mrsa.engine.zaya.moe import ZayaSparseMoeBlock
+from mrsa.engine.zaya.norm import ZayaResidualScaling, ZayaRMSNorm
+from mrsa.kernels.cca.decode import cca_decode
+from mrsa.kernels.cca.prefill import cca_prefill
+from mrsa.kernels.cca.reference import CCAParams, cca_decode_ref, cca_prefill_ref, rope_cos_sin_cache
 
 OPS = {"kernels": (cca_prefill, cca_decode), "reference": (cca_prefill_ref, cca_decode_ref)}
 

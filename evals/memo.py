@@ -27,7 +27,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from engine.base import Completion, Engine, GenerationDelta, SamplingParams
+from mrsa.engine.base import Completion, Engine, GenerationDelta, SamplingParams
 
 
 class MemoEngine:

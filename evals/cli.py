@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-max-tokens", type=int, default=256, help="max new tokens of one trace")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset and every run")
-    p.add_argument("--concurrency", type=int, default=4, help="runs in flight at once")
+    p.add_argument("--concurrency", type=int, default=4, help="problems in flight at once (each runs all its configurations)")
     p.add_argument("--max-model-len", type=int, default=4096, help="embedded engine context")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="embedded engine")
     p.add_argument("--dtype", default="auto", help="embedded engine dtype")
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _problems(args: argparse.Namespace) -> list:
-    from benchmarks.eval.datasets import arithmetic, load_jsonl
+    from mrsa.evals.datasets import arithmetic, load_jsonl
 
     if args.dataset == "arithmetic":
         return arithmetic(args.size, args.difficulty, args.seed, shots=args.shots)
@@ -54,8 +54,8 @@ def _problems(args: argparse.Namespace) -> list:
 
 async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path,
                previous: dict | None) -> dict:
-    from benchmarks.eval.backends import EngineBackend, HttpBackend
-    from benchmarks.eval.runner import evaluate
+    from mrsa.evals.backends import EngineBackend, HttpBackend
+    from mrsa.evals.runner import evaluate
 
     if args.url:
         backend = HttpBackend(args.url, model=args.model, api_key=args.api_key)
@@ -65,9 +65,9 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
                                   meta=meta, checkpoint=partial(_save, out), previous=previous)
         finally:
             await backend.aclose()
-    from benchmarks.eval.memo import MemoEngine
-    from engine import create_engine
-    from engine.config import EngineConfig
+    from mrsa.evals.memo import MemoEngine
+    from mrsa.engine import create_engine
+    from mrsa.engine.config import EngineConfig
 
     engine = create_engine(EngineConfig(
         model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -103,9 +103,9 @@ def _save(out: Path, results: dict) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from benchmarks.eval.report.plot import plot
-    from benchmarks.eval.report.table import comparisons_table, results_table
-    from benchmarks.eval.runner import parse_config
+    from mrsa.evals.report.plot import plot
+    from mrsa.evals.report.table import comparisons_table, results_table
+    from mrsa.evals.runner import parse_config
 
     defaults = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
     try:
