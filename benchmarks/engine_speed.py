@@ -33,8 +33,7 @@ async def _measure(model: str | None, dtype: str, batches: list[int], tokens: in
     from mrsa.engine.base import Completion, SamplingParams
     from mrsa.engine.config import EngineConfig
 
-    engine = create_engine(EngineConfig(model=model, dtype=dtype, max_model_len=4096))
-    try:
+    async with create_engine(EngineConfig(model=model, dtype=dtype, max_model_len=4096)) as engine:
         async def one(i: int, n: int) -> Completion:
             done = Completion()
             params = SamplingParams(max_tokens=n, temperature=1.0, seed=i, ignore_eos=True)
@@ -62,8 +61,6 @@ async def _measure(model: str | None, dtype: str, batches: list[int], tokens: in
                 "prefill_tok_s": batch * prompt_tokens / prefill, "decode_tok_s": batch * tokens / decode,
             })
         return {"model": engine.model_name, "rows": rows}
-    finally:
-        engine.aclose() if hasattr(engine, "aclose") else engine.shutdown()
 
 
 def _one(args: argparse.Namespace) -> int:

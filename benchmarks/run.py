@@ -32,7 +32,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from mrsa.engine.base import Engine
+from mrsa.engine.base import AsyncCloseable, Engine
 from mrsa.engine.config import EngineConfig
 from mrsa.rsa import RsaParams, RsaRun
 from mrsa.rsa.events import RsaResult, RunCompleted
@@ -186,16 +186,18 @@ async def bench_p2(upstreams: list[str], model: str, repeats: int, port: int) ->
     return out
 
 
-class _Unclosable:
-    """Lets the in-process server share the bench's engine without shutting it down."""
+class _Unclosable(AsyncCloseable):
+    """Lets the in-process server share the bench's engine without closing it: the server
+    closes its engine when it stops, and the bench goes on with this one (P3)."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
     def __getattr__(self, name: str):
-        if name == "shutdown":
-            raise AttributeError(name)
         return getattr(self._engine, name)
+
+    async def aclose(self) -> None:
+        pass  # the bench closes the engine itself, once it is done with it
 
 
 async def bench_p3(engine: Engine, seeds: list[int]) -> dict:
@@ -277,15 +279,12 @@ async def _main(args: argparse.Namespace) -> dict:
         model=args.model, max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
-    engine = LocalEngine(config)
-    results = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
+    async with LocalEngine(config) as engine:
+        results = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
         if args.which in ("p1", "all"):
             results["p1"] = await bench_p1(engine, args.repeats, args.port)
         if args.which in ("p3", "all"):
             results["p3"] = await bench_p3(engine, list(range(1, args.seeds + 1)))
-    finally:
-        engine.shutdown()
     return results
 
 

@@ -8,11 +8,13 @@ plugin) serves every front end.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
+_Self = TypeVar("_Self")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,39 @@ class Engine(Protocol):
     def num_in_flight(self) -> int:
         """Requests submitted and not yet finished or aborted."""
         ...
+
+    async def aclose(self) -> None:
+        """Release what the engine holds (worker processes, connections, background tasks).
+
+        Idempotent: whoever owns the engine closes it once it is done, and a second close (a
+        wrapper closing what it wraps, an error path) must be harmless. Nothing is served after.
+        """
+        ...
+
+    async def __aenter__(self: _Self) -> _Self:
+        """``async with engine:`` scopes an engine's life; see :class:`AsyncCloseable`."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Closes the engine (:meth:`aclose`), whether or not the block raised."""
+        ...
+
+
+class AsyncCloseable(ABC):
+    """``async with x:`` for anything with an ``aclose()``: returns ``x``, closes it on exit.
+
+    Engines inherit it so that the context-manager half of :class:`Engine` is written once.
+    """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release what the object holds; idempotent."""
+
+    async def __aenter__(self: _Self) -> _Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 @dataclass

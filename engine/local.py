@@ -13,34 +13,11 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
+from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
 from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
+from mrsa.engine.tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
-
-
-class HFTokenizer:
-    """The engine's tokenizer (the checkpoint's own), behind the small engine.base interface."""
-
-    def __init__(self, model: str) -> None:
-        from transformers import AutoTokenizer
-
-        self._tok = AutoTokenizer.from_pretrained(model)
-        self.eos_token_id: int | None = self._tok.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
-
-    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        # Render to text, then encode: the template already carries any special tokens, and
-        # transformers' tokenize=True return type differs between major versions.
-        text = self._tok.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-        return list(self._tok.encode(text, add_special_tokens=False))
 
 
 def resolve_model(config: EngineConfig) -> tuple[str, str]:
@@ -68,7 +45,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class LocalEngine:
+class LocalEngine(AsyncCloseable):
     """vLLM ``AsyncLLM`` implementing :class:`engine.base.Engine`."""
 
     def __init__(self, config: EngineConfig) -> None:
@@ -158,7 +135,8 @@ class LocalEngine:
     async def check_health(self) -> None:
         await self._llm.check_health()
 
-    def shutdown(self) -> None:
+    async def aclose(self) -> None:
+        """Stop vLLM's engine core and its workers. Idempotent."""
         # Drop our reference too: AsyncLLM.__del__ shuts down again, and at interpreter exit
         # (module globals already gone) that second call raises a noisy TypeError.
         llm, self._llm = self._llm, None

@@ -9,13 +9,13 @@ events, so what it scores is exactly what a client of the service sees.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Protocol
 
 import httpx
+from httpx_sse import aconnect_sse
 
 from mrsa.engine.base import Engine
 from mrsa.rsa import RsaParams, RsaRun
@@ -72,17 +72,15 @@ class HttpBackend:
             "rsa": _rsa_body(params),
         }
         completed: dict | None = None
-        async with self.client.stream("POST", "/v1/chat/completions", json=body) as response:
+        async with aconnect_sse(self.client, "POST", "/v1/chat/completions", json=body) as source:
+            response = source.response
             if response.status_code != 200:
                 await response.aread()
                 raise RunError(f"HTTP {response.status_code}: {response.text[:500]}")
-            async for line in response.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: ") :]
-                if data == "[DONE]":
+            async for sse in source.aiter_sse():
+                if sse.data == "[DONE]":
                     break
-                chunk = json.loads(data)
+                chunk = sse.json()
                 if "error" in chunk:
                     raise RunError(chunk["error"].get("message", "error chunk"))
                 event = chunk.get("rsa")

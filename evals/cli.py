@@ -69,17 +69,15 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
     from mrsa.engine import create_engine
     from mrsa.engine.config import EngineConfig
 
-    engine = create_engine(EngineConfig(
+    config = EngineConfig(
         model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         dtype=args.dtype,
-    ))
-    try:
+    )
+    async with create_engine(config) as engine:
         memo = MemoEngine(engine, Path(args.memo) if args.memo else None)
         backend = EngineBackend(memo, keep_traces=args.keep_traces)
         return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
                               meta=meta, checkpoint=partial(_save, out), previous=previous)
-    finally:
-        getattr(engine, "shutdown", lambda: None)()
 
 
 def _save(out: Path, results: dict) -> None:

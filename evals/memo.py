@@ -27,10 +27,10 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from mrsa.engine.base import Completion, Engine, GenerationDelta, SamplingParams
+from mrsa.engine.base import AsyncCloseable, Completion, Engine, GenerationDelta, SamplingParams
 
 
-class MemoEngine:
+class MemoEngine(AsyncCloseable):
     """:class:`engine.base.Engine` over ``engine``, replaying completions of seeded requests."""
 
     def __init__(self, engine: Engine, path: Path | None = None) -> None:
@@ -104,3 +104,7 @@ class MemoEngine:
 
     def num_in_flight(self) -> int:
         return self.engine.num_in_flight()
+
+    async def aclose(self) -> None:
+        """Closes the wrapped engine: the memo owns nothing else (the file is appended per line)."""
+        await self.engine.aclose()

@@ -6,24 +6,22 @@ listed as they land, then the final answer streams in, then usage.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
+from httpx_sse import EventSource, connect_sse
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 
-def _events(response: httpx.Response) -> Iterator[dict]:
-    for line in response.iter_lines():
-        if not line.startswith("data: "):
-            continue
-        data = line[len("data: ") :]
-        if data == "[DONE]":
+def _chunks(source: EventSource) -> Iterator[dict]:
+    """The stream's chunks, up to the ``[DONE]`` that ends it."""
+    for sse in source.iter_sse():
+        if sse.data == "[DONE]":
             return
-        yield json.loads(data)
+        yield sse.json()
 
 
 def _default_model(client: httpx.Client) -> str:
@@ -48,13 +46,14 @@ def ask(url: str, question: str, rsa: dict, *, model: str | None = None) -> int:
         answers = Text()
         answer = Text()
         population = rsa.get("population")
-        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        with connect_sse(client, "POST", "/v1/chat/completions", json=body) as source:
+            response = source.response
             if response.status_code != 200:
                 response.read()
                 console.print(f"[red]{response.status_code}[/red] {response.json()['error']['message']}")
                 return 1
             with Live(Group(progress, answers, answer), console=console, refresh_per_second=8):
-                for chunk in _events(response):
+                for chunk in _chunks(source):
                     if "error" in chunk:
                         console.print(f"[red]error:[/red] {chunk['error']['message']}")
                         return 1

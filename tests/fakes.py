@@ -12,7 +12,8 @@ Used by the unit tests of ``rsa/`` and by the service's tests: no model, no GPU,
   (``finish_reason="length"``), ``ignore_eos`` (pads to exactly ``max_tokens``) and
   ``max_model_len`` (rejects with :class:`EngineError`), and records every request.
   ``abort()`` ends a stream with ``finish_reason="abort"``; closing or cancelling a stream
-  counts as an abort too.
+  counts as an abort too. ``aclose()`` (or leaving ``async with engine:``) closes the engine:
+  later requests are rejected with :class:`EngineError`, as a real engine cannot serve them.
 
 Every knob (``answer``, ``length``, ``delay``, ``script``, ``error``) is either a constant or a
 callable of the :class:`FakeRequest`, so tests can vary behaviour per request (by request id,
@@ -29,7 +30,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from mrsa.engine.base import EngineError, FinishReason, GenerationDelta, SamplingParams
+from mrsa.engine.base import AsyncCloseable, EngineError, FinishReason, GenerationDelta, SamplingParams
 
 T = TypeVar("T")
 Knob = T | Callable[["FakeRequest"], T]
@@ -98,7 +99,7 @@ def _knob(value: Knob[T], request: FakeRequest) -> T:
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(AsyncCloseable):
     """Deterministic stand-in for a model server. See the module docstring."""
 
     max_model_len: int = 32768
@@ -118,6 +119,7 @@ class FakeEngine:
     def __post_init__(self) -> None:
         self._in_flight: set[str] = set()
         self._aborted: set[str] = set()
+        self.closed = False
 
     # ---------------------------------------------------------------- Engine protocol
 
@@ -129,9 +131,14 @@ class FakeEngine:
         if request_id in self._in_flight:
             self._aborted.add(request_id)
 
+    async def aclose(self) -> None:
+        self.closed = True
+
     async def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
+        if self.closed:
+            raise EngineError(f"request {request_id}: the engine is closed")
         request = FakeRequest(
             request_id=request_id,
             prompt=self.tokenizer.decode(prompt_ids),

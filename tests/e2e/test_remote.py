@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,14 @@ from tests.e2e.conftest import ROOT, Server, free_port, start_server, stop_serve
 from tests.e2e.faulty_proxy import FaultyProxy
 
 QUESTION = [{"role": "user", "content": "What is 7 + 5? Put the answer in \\boxed{}."}]
-# Logged by engine/remote.py when a stream breaks after some tokens (it is then continued).
+# Logged by engine/remote/ when a stream breaks after some tokens (it is then continued).
 CONTINUED = re.compile(r"failed: .* after \d+ tokens")
 VLLM_FLAGS = ["--gpu-memory-utilization", "0.12", "--max-model-len", "2048", "--enforce-eager"]
+# How long aborted requests may take to stop generating on a replica once our server has
+# dropped them; a request left running goes on for many seconds more (500-token traces).
+ABORT_GRACE_S = 5.0
+# Tokens a replica's traces have generated when run_and_kill kills it (a few per trace).
+STREAMED_BEFORE_KILL = 8
 
 
 @dataclass
@@ -77,6 +82,29 @@ class Cluster:
     b: Replica
     proxy: FaultyProxy
     server: Server
+
+
+def eventually(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while not (held := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return held
+
+
+def wait_for_quiet(replicas: Sequence[Replica], quiet_s: float, timeout: float) -> tuple[float, tuple[float, ...]]:
+    """Poll the replicas' generated-token counters until they have not moved for ``quiet_s``
+    (or ``timeout`` seconds pass). Returns when they last moved, in seconds after the call,
+    and their values then."""
+    start = time.monotonic()
+    counts = tuple(r.generated() for r in replicas)
+    moved = start
+    while time.monotonic() - moved < quiet_s and time.monotonic() - start < timeout:
+        time.sleep(0.2)
+        now = tuple(r.generated() for r in replicas)
+        if now != counts:
+            counts, moved = now, time.monotonic()
+    return moved - start, counts
 
 
 def _vllm_command(model: str, port: int) -> list[str]:
@@ -199,24 +227,20 @@ def test_disconnect_aborts_the_upstream_requests(cluster: Cluster) -> None:
         with client.stream("POST", f"{cluster.server.url}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             start = (cluster.a.generated(), cluster.b.generated())
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not (
-                cluster.a.generated() > start[0] and cluster.b.generated() > start[1]
-            ):
-                time.sleep(0.2)
-            assert cluster.a.generated() > start[0] and cluster.b.generated() > start[1], "replicas idle"
+            assert eventually(
+                lambda: cluster.a.generated() > start[0] and cluster.b.generated() > start[1], 60, interval=0.2
+            ), "replicas idle for 60 s"
             assert cluster.server.in_flight() > 0
     # the connection is closed: every upstream request of the run must be aborted
-    deadline = time.monotonic() + 3
-    while cluster.server.in_flight() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert cluster.server.in_flight() == 0
+    assert eventually(lambda: cluster.server.in_flight() == 0, 3), (
+        f"{cluster.server.in_flight()} requests still in flight 3 s after the hang-up"
+    )
     # vLLM's running-requests gauge goes stale on an idle engine; its token counter does not:
     # once the aborts have landed, neither replica generates another token.
-    time.sleep(2)
-    before = (cluster.a.generated(), cluster.b.generated())
-    time.sleep(4)
-    assert (cluster.a.generated(), cluster.b.generated()) == before, "a replica kept generating"
+    replicas = (cluster.a, cluster.b)
+    last_moved, counts = wait_for_quiet(replicas, quiet_s=4, timeout=ABORT_GRACE_S + 4)
+    assert last_moved <= ABORT_GRACE_S, f"a replica kept generating {last_moved:.1f}s after the hang-up"
+    assert tuple(r.generated() for r in replicas) == counts, "a replica kept generating"
 
 
 def test_faults_injected_by_the_proxy_are_survived(cluster: Cluster) -> None:
@@ -237,8 +261,8 @@ def test_faults_injected_by_the_proxy_are_survived(cluster: Cluster) -> None:
 
 
 def run_and_kill(server: Server, replica: Replica, rsa: dict, timeout: float) -> dict:
-    """Run ``rsa`` in a thread, SIGKILL ``replica`` once it has streamed for a second, wait.
-    Returns ``{"out": completion}`` or ``{"error": exception}``."""
+    """Run ``rsa`` in a thread, SIGKILL ``replica`` once its traces have streamed some tokens,
+    wait. Returns ``{"out": completion}`` or ``{"error": exception}``."""
     result: dict = {}
 
     def run() -> None:
@@ -248,11 +272,13 @@ def run_and_kill(server: Server, replica: Replica, rsa: dict, timeout: float) ->
             result["error"] = exc
 
     worker = threading.Thread(target=run)
+    generated = replica.generated()
     worker.start()
-    deadline = time.monotonic() + 60
-    while replica.running() == 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # let the replica's traces stream some tokens first
+    assert eventually(lambda: replica.running() > 0, 60), "the replica never got a request"
+    # Kill it mid-stream, with tokens already delivered: those streams must be continued.
+    assert eventually(lambda: replica.generated() - generated >= STREAMED_BEFORE_KILL, 60), (
+        f"the replica streamed {replica.generated() - generated:.0f} tokens in 60 s"
+    )
     assert replica.running() > 0, "the replica never got a request"
     replica.kill()
     worker.join(timeout)

@@ -58,3 +58,15 @@ async def test_abort_ends_the_stream_and_closing_counts_as_abort() -> None:
     assert engine.num_in_flight() == 1
     await stream.aclose()
     assert engine.num_in_flight() == 0 and engine.by_id("y").aborted
+
+
+@pytest.mark.asyncio
+async def test_async_with_closes_the_engine_once_and_for_all() -> None:
+    async with FakeEngine() as engine:
+        assert not engine.closed
+        out = await _complete(engine, SamplingParams(max_tokens=5, seed=1))
+        assert out.finish_reason == "length"
+    assert engine.closed
+    await engine.aclose()  # idempotent
+    with pytest.raises(EngineError):
+        await _complete(engine, SamplingParams(max_tokens=5))
