@@ -30,7 +30,7 @@ from mrsa.rsa.events import (
 from mrsa.rsa.params import RsaLimits, RsaParamError, RsaParams
 from mrsa.rsa.plan import Plan
 from mrsa.rsa.prompts import ContextNeeds, ContextTooLongError, NoUserMessageError, check_context
-from mrsa.rsa.runner import RsaRun
+from mrsa.rsa.run import RsaRun
 from mrsa.rsa.tails import Tail, take_tail
 
 __all__ = [

@@ -1,6 +1,6 @@
 """What a run reports while it evolves, and what it leaves behind.
 
-The runner yields these in order; the service turns them into SSE chunks or a response body.
+A run yields these in order; the service turns them into SSE chunks or a response body.
 Plain dataclasses: rsa/ stays free of any transport.
 """
 
@@ -82,11 +82,16 @@ class RsaResult:
         return bool(self.failed)
 
 
-class RunFailed(EngineError):
+class RunFailed(Exception):
     """The run cannot go on: a round kept fewer than K traces after engine failures, or the
-    final aggregation failed. Carries the failing engine error's ``status`` and ``code`` (503
-    ``upstream_unavailable`` when every replica is gone) and what the run spent until then:
-    ``usage`` sums every call of the run, failed and aborted ones included."""
+    final aggregation failed.
+
+    The algorithm's own failure, not an :class:`~engine.base.EngineError` (an engine error
+    ends one trace; the run decides whether it can go on), so a caller tells a failed run from
+    a failed engine whatever the order of its ``except`` clauses. ``cause`` is the engine error
+    that brought the run down; ``status`` and ``code`` are the cause's (503
+    ``upstream_unavailable`` when every replica is gone), what the service answers with;
+    ``usage`` sums every call of the run until then, failed and aborted ones included."""
 
     def __init__(
         self,
@@ -99,9 +104,9 @@ class RunFailed(EngineError):
         seed: int,
     ) -> None:
         super().__init__(message)
-        self.status = cause.status
-        self.code = cause.code
         self.cause = cause
+        self.status: int = cause.status
+        self.code: str = cause.code
         self.usage = usage
         self.failed = failed
         self.calls = calls
@@ -119,7 +124,7 @@ class NodeStarted:
 class NodeFinished:
     """A trace's request ended. ``record`` is everything the run keeps of it (its tail, answer,
     token counts and effective parents): a checkpoint from which
-    :class:`~rsa.runner.RsaRun` can resume (``resume=``) without redoing the node.
+    :class:`~rsa.run.RsaRun` can resume (``resume=``) without redoing the node.
     ``elapsed_s`` is the run's wall-clock age when it ended (pre-resume time included)."""
 
     round: int

@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
-from mrsa.engine.base import Completion
+from mrsa.engine.base import Completion, Engine, SamplingParams
 from mrsa.rsa.events import NodeRecord
 from mrsa.rsa.tails import Tail
 
@@ -33,7 +33,7 @@ class NodeState(Enum):
 class Node:
     round: int
     index: int
-    parents: list[int]  # the planned parents; the runner replaces failed ones at launch
+    parents: list[int]  # the planned parents; the scheduler replaces failed ones at launch
     seed: int
     request_id: str
     state: NodeState = NodeState.WAITING
@@ -141,3 +141,24 @@ class Node:
             answer=self.answer,
             error=self.error,
         )
+
+
+async def stream_request(engine: Engine, node: Node, sampling: SamplingParams) -> None:
+    """A running node's engine request; deltas accumulate on the node as they arrive. The
+    scheduler runs it as the node's task and reads the node once the task ended."""
+    assert node.prompt_ids is not None
+    stream = engine.generate(node.prompt_ids, sampling, node.request_id)
+    try:
+        async for delta in stream:
+            node.completion.add(delta)
+            if delta.finished:
+                break
+    finally:
+        await close_stream(stream)
+
+
+async def close_stream(stream: object) -> None:
+    """Close an engine stream; closing is how the engine learns we stopped listening."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

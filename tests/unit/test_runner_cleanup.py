@@ -3,27 +3,58 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 import pytest
 
-from mrsa.engine.base import EngineError
+from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
 from mrsa.rsa import FinalDelta, NodeFinished, NodeStarted, RsaParams, RsaRun
+from mrsa.rsa.events import RunFailed
 from tests.fakes import FakeEngine, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 PARAMS = RsaParams(population=4, k=2, rounds=3, tail_tokens=8, trace_max_tokens=60, seed=1, selection="aggregate")
 
 
+@dataclass
+class CountingEngine(FakeEngine):
+    """The fake engine, counting the tokens each request has delivered so far: a test waits for
+    what the traces did instead of sleeping for a guess of how long it takes."""
+
+    delivered: dict[str, int] = field(default_factory=dict)
+
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        async with aclosing(FakeEngine.generate(self, prompt_ids, params, request_id)) as deltas:
+            async for delta in deltas:
+                self.delivered[request_id] = self.delivered.get(request_id, 0) + len(delta.token_ids)
+                yield delta
+
+
+async def until(condition: Callable[[], bool], what: str, *, within_s: float = 10.0) -> None:
+    """Let the run's tasks progress until ``condition()`` holds. ``within_s`` only bounds a
+    hang (the failure then says ``what`` never happened); it measures nothing."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within_s
+    while not condition():
+        if loop.time() > give_up:
+            pytest.fail(f"{what}: still not the case after {within_s} s")
+        await asyncio.sleep(0.001)
+
+
 @pytest.mark.asyncio
 async def test_aclose_mid_run_aborts_every_request() -> None:
-    engine = FakeEngine(delay=0.01, tokens_per_delta=1)
+    engine = CountingEngine(delay=0.01, tokens_per_delta=1)
     events = RsaRun(engine, MESSAGES, PARAMS, run_id="a").events()
     started = 0
     async for event in events:
         started += isinstance(event, NodeStarted)
         if started == 4:
             break
-    await asyncio.sleep(0.03)  # let the traces stream a little
+    await until(lambda: len(engine.delivered) == 4, "every round-0 trace delivered a token")
     assert engine.num_in_flight() == 4
     await events.aclose()
     assert engine.num_in_flight() == 0
@@ -53,7 +84,7 @@ async def test_cancelling_the_consumer_aborts_every_request() -> None:
             seen.append(event)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await until(lambda: engine.num_in_flight() == 4, "the four round-0 traces are in flight")
     assert engine.num_in_flight() == 4
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -64,15 +95,16 @@ async def test_cancelling_the_consumer_aborts_every_request() -> None:
 
 
 @pytest.mark.asyncio
-async def test_engine_errors_propagate_after_cleanup() -> None:
+async def test_engine_errors_fail_the_run_after_cleanup() -> None:
     def fail(req):
         # Three of round 1's four traces fail: one survivor < k=2, so the run fails (a single
         # failed trace would be replaced by a survivor: tests/unit/test_runner_failures.py).
         return EngineError("boom") if req.request_id in ("e-r1-i1", "e-r1-i2", "e-r1-i3") else None
 
     engine = FakeEngine(delay=0.005, tokens_per_delta=1, error=fail)
-    with pytest.raises(EngineError, match="boom"):
+    with pytest.raises(RunFailed, match="boom") as info:
         await collect(RsaRun(engine, MESSAGES, PARAMS, run_id="e"))
+    assert type(info.value.cause) is EngineError and str(info.value.cause) == "boom"
     assert engine.num_in_flight() == 0
     assert engine.max_in_flight >= 2  # siblings were running when the error surfaced
 

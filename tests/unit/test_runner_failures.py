@@ -3,6 +3,7 @@ fewer than K survivors (or a failed final call) fails the run with RunFailed car
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
@@ -15,6 +16,7 @@ from mrsa.rsa import NodeFinished, NodeStarted, RsaParams, RsaRun
 from mrsa.rsa.events import RunFailed
 from mrsa.rsa.plan import Plan
 from tests.fakes import FakeEngine, collect
+from tests.unit.test_runner_cleanup import until
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 N, K, T = 4, 2, 3
@@ -156,6 +158,7 @@ async def test_a_failed_final_aggregation_fails_the_run_with_usage() -> None:
         await collect(RsaRun(engine, MESSAGES, params(), run_id="z"))
     exc = info.value
     assert exc.status == 503 and "final aggregate call failed" in str(exc)
+    assert isinstance(exc.cause, Gone) and exc.__cause__ is exc.cause
     assert exc.usage.completion_tokens == engine.completion_tokens
     assert exc.usage.completion_tokens - exc.usage.reasoning_tokens == 4  # the final's 2 deltas
     assert exc.failed == [] and exc.calls == N * T + 1
@@ -189,3 +192,57 @@ async def test_a_child_waits_for_its_substitute_and_moves_on_when_it_fails() -> 
     assert sorted(started.parents) == survivors
     assert engine.by_id(f"w-r1-i{child}").started_at >= engine.by_id(f"w-r0-i{first}").finished_at
     assert {(f.round, f.index) for f in result.failed} == {(0, 0), (0, first)}
+
+
+# ----------------------------------------------------------------------------- RunFailed, result()
+
+
+async def test_run_failed_is_its_own_error_not_an_engine_error() -> None:
+    # A caller's `except EngineError` (an engine that cannot serve) never swallows a run that
+    # failed: that one is told apart whatever the order of the except clauses.
+    assert not issubclass(RunFailed, EngineError)
+    engine = FakeEngine(error=failing("n-r1-i0", "n-r1-i1", "n-r1-i3"))
+    with pytest.raises(RunFailed) as info:
+        try:
+            await RsaRun(engine, MESSAGES, params(), run_id="n").result()
+        except EngineError:
+            pytest.fail("a failed run was caught as an EngineError")
+    exc = info.value
+    assert isinstance(exc.cause, Gone) and str(exc.cause) in str(exc)
+    assert (exc.status, exc.code) == (exc.cause.status, exc.cause.code) == (503, "upstream_unavailable")
+    assert exc.seed == 3 and exc.calls == len(engine.requests)
+    assert {(f.round, f.index) for f in exc.failed} == {(1, 0), (1, 1), (1, 3)}
+    assert exc.usage.completion_tokens == engine.completion_tokens > 0
+
+
+async def test_result_is_what_the_events_end_with() -> None:
+    def engine() -> FakeEngine:
+        return FakeEngine(tokens_per_delta=2, length=lambda r: r.rng().randint(3, 12), error=failing("r-r1-i2"))
+
+    streamed, awaited = engine(), engine()
+    events, expected = await collect(RsaRun(streamed, MESSAGES, params(), run_id="r"))
+    result = await RsaRun(awaited, MESSAGES, params(), run_id="r").result()
+    assert result == expected and result.degraded and result.answer == "42"
+    assert [r.request_id for r in awaited.requests] == [r.request_id for r in streamed.requests]
+    assert awaited.num_in_flight() == 0
+
+
+async def test_result_raises_run_failed_with_its_cause() -> None:
+    engine = BreakingEngine(tokens_per_delta=2, break_after={"c-final": 1})
+    with pytest.raises(RunFailed, match="the final aggregate call failed") as info:
+        await RsaRun(engine, MESSAGES, params(), run_id="c").result()
+    assert isinstance(info.value.cause, Gone) and "replica lost under c-final" in str(info.value.cause)
+    assert info.value.usage.completion_tokens == engine.completion_tokens
+    assert engine.num_in_flight() == 0
+
+
+async def test_cancelling_an_awaited_result_aborts_every_request() -> None:
+    engine = FakeEngine(delay=0.01, tokens_per_delta=1)
+    task = asyncio.create_task(RsaRun(engine, MESSAGES, params(), run_id="q").result())
+    await until(lambda: engine.num_in_flight() == N, "the round-0 traces are in flight")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.num_in_flight() == 0
+    assert sorted(engine.abort_calls) == [f"q-r0-i{i}" for i in range(N)]
+    assert all(r.aborted for r in engine.requests)

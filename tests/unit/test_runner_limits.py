@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-import time
+from contextlib import aclosing
 
 import pytest
 
-from mrsa.rsa import NodeFinished, RsaLimits, RsaParams, RsaRun
+from mrsa.rsa import NodeFinished, RoundCompleted, RsaLimits, RsaParams, RsaRun, RunCompleted
 from tests.fakes import FakeEngine, FakeRequest, collect
+from tests.unit.test_runner_cleanup import CountingEngine
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 
@@ -86,17 +87,21 @@ async def test_budget_launch_needs_a_tail_worth_of_tokens() -> None:
 
 @pytest.mark.asyncio
 async def test_deadline_aborts_in_flight_traces_and_answers_directly() -> None:
-    engine = FakeEngine(
+    # The run's clock ticks 10 ms per token the engine delivered: the deadline passes once the
+    # three traces delivered 30 of their 900 tokens, however fast the machine is, and the run
+    # notices when its wait for a trace to end times out.
+    engine = CountingEngine(
         length=100, tokens_per_delta=1, delay=lambda req: 0.0 if is_final(req) else 0.01
     )
-    params = RsaParams(population=3, k=2, rounds=3, tail_tokens=8, trace_max_tokens=300, deadline_s=0.1, seed=2)
-    start = time.monotonic()
-    events, result = await collect(RsaRun(engine, MESSAGES, params, run_id="d"))
-    assert time.monotonic() - start < 1.0
+    params = RsaParams(population=3, k=2, rounds=3, tail_tokens=8, trace_max_tokens=300, deadline_s=0.3, seed=2)
+    clock = lambda: 0.01 * sum(engine.delivered.values())  # noqa: E731
+    events, result = await collect(RsaRun(engine, MESSAGES, params, run_id="d", clock=clock))
     assert result.stop_reason == "deadline" and result.final_mode == "direct"
     assert result.rounds_completed == 0
     aborted = [r for r in result.trace if r.kind == "trace"]
     assert len(aborted) == 3 and all(r.status == "aborted" and r.completion_tokens > 0 for r in aborted)
+    # Stopped by the deadline, not waited for: no trace ran to its end.
+    assert all(r.completion_tokens < r.max_tokens == 300 for r in aborted)
     assert sorted(engine.abort_calls) == ["d-r0-i0", "d-r0-i1", "d-r0-i2"]
     assert [e.status for e in events if isinstance(e, NodeFinished)] == ["aborted"] * 3
     assert result.usage.completion_tokens == engine.completion_tokens  # aborted tokens count
@@ -107,13 +112,24 @@ async def test_deadline_aborts_in_flight_traces_and_answers_directly() -> None:
 
 @pytest.mark.asyncio
 async def test_deadline_keeps_what_finished_as_the_pool() -> None:
+    # The deadline passes (on the run's clock) the moment round 0 is complete: round 1 has
+    # just been launched, and round 2 never is.
     slow_round = lambda req: 0.05 if "-r1-" in req.request_id else 0.0  # noqa: E731
     engine = FakeEngine(delay=slow_round, tokens_per_delta=1)
     params = RsaParams(
         population=4, k=2, rounds=3, tail_tokens=8, trace_max_tokens=60,
         deadline_s=0.15, selection="aggregate", seed=3,
     )
-    _, result = await collect(RsaRun(engine, MESSAGES, params, run_id="d"))
+    now = [0.0]
+    run = RsaRun(engine, MESSAGES, params, run_id="d", clock=lambda: now[0])
+    events = []
+    async with aclosing(run.events()) as stream:
+        async for event in stream:
+            events.append(event)
+            if isinstance(event, RoundCompleted) and event.round == 0:
+                now[0] = 0.15
+    assert isinstance(events[-1], RunCompleted)
+    result = events[-1].result
     assert result.stop_reason == "deadline" and result.rounds_completed == 1
     statuses = {(r.round, r.status) for r in result.trace if r.kind == "trace"}
     assert statuses == {(0, "finished"), (1, "aborted")}

@@ -1,0 +1,147 @@
+"""How a run turns its last population into one answer.
+
+The pool is the deepest round with enough finished traces to aggregate (``min(K, N)``), or
+failing that the deepest round with any; after consensus it is the unanimous round.
+``majority`` returns the full text of a pool member holding the most common answer (no engine
+call); ``aggregate`` asks the model once more over K members of the pool; ``auto`` votes when
+at least two answers could be extracted (a vote of one says nothing), else aggregates. An empty
+pool (deadline before any trace finished) is answered directly from the plain prompt.
+
+The final call draws on the budget's reserve, kept from the start by every run that may need
+it (all but ``selection="majority"``); a call the budget cannot fund at all is not made, and the
+answer is empty with ``finish_reason="length"``. A failed final call fails the run (the run
+raises :class:`~rsa.events.RunFailed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mrsa.engine.base import Completion, SamplingParams
+from mrsa.rsa.answers import extract_answer, majority_vote, normalize_answer
+from mrsa.rsa.events import FinalDelta, FinalMode, FinalStarted, NodeRecord
+from mrsa.rsa.node import Node
+from mrsa.rsa.params import Selection
+from mrsa.rsa.prompts import aggregation_messages
+from mrsa.rsa.scheduler import Scheduler
+
+
+def final_pool(rounds: Sequence[Sequence[Node]], k: int) -> list[Node]:
+    """Finished nodes of the deepest round that has ``min(k, N)`` of them (else any), by index."""
+    fallback: list[Node] = []
+    for nodes in reversed(rounds):
+        done = [n for n in nodes if n.finished]
+        if done and len(done) >= min(k, len(nodes)):
+            return done
+        if done and not fallback:
+            fallback = done
+    return fallback
+
+
+def final_mode(selection: Selection, pool: Sequence[Node]) -> FinalMode:
+    if not pool:
+        return "direct"
+    if selection == "auto":
+        extracted = sum(n.answer is not None for n in pool)
+        return "majority" if extracted >= 2 else "aggregate"
+    return selection
+
+
+def majority_pick(pool: Sequence[Node]) -> Node:
+    """The first pool member (by index) whose answer wins the vote; the first member when no
+    answer could be extracted."""
+    winner, _ = majority_vote(n.answer for n in pool)
+    for node in pool:
+        if winner is not None and node.answer is not None and normalize_answer(node.answer) == winner:
+            return node
+    return pool[0]
+
+
+@dataclass(frozen=True)
+class FinalCall:
+    """The final engine call, decided once evolution is over."""
+
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+
+
+class FinalAnswer:
+    """The final answer of one run: its mode and parents, then its content and record.
+
+    It reads the population from the scheduler and reports through the scheduler's events."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.mode: FinalMode = "direct"
+        self.parents: list[int] = []
+        self.request: str | None = None  # set while the final call is in flight
+        self.record: NodeRecord | None = None
+        self.content = ""
+        self.finish_reason = "stop"
+
+    def decide(self) -> FinalCall | None:
+        """Choose the final mode; answer a majority vote at once, else describe the call."""
+        s = self.scheduler
+        rounds = s.rounds if s.consensus_round is None else [s.rounds[s.consensus_round]]
+        pool = final_pool(rounds, s.params.k)
+        self.mode = final_mode(s.params.selection, pool)
+        if self.mode == "majority":
+            pick = majority_pick(pool)
+            self.parents = [n.index for n in pool]
+            self.content, self.finish_reason = pick.completion.text, "stop"
+            s.events.append(FinalStarted(self.mode, list(self.parents)))
+            if self.content:
+                s.events.append(FinalDelta(self.content))
+            return None
+        if self.mode == "aggregate":
+            by_index = {n.index: n for n in pool}
+            self.parents = s.plan.final_subset(list(by_index))
+            tails = [by_index[i].tail for i in self.parents]
+            messages = aggregation_messages(s.messages, tails)  # type: ignore[arg-type]
+            prompt_ids = s.tokenizer.apply_chat_template(messages)
+        else:
+            self.parents = []
+            prompt_ids = list(s.plain_ids)
+        s.events.append(FinalStarted(self.mode, list(self.parents)))
+        room = max(0, s.engine.max_model_len - len(prompt_ids))
+        max_tokens = s.budget.grant_final(min(s.params.final_tokens, room))
+        if max_tokens < 1:  # only a majority run (no reserve) that spent its whole budget
+            self.content, self.finish_reason = "", "length"
+            return None
+        sampling = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=s.params.final_temperature,
+            top_p=s.params.final_top_p,
+            seed=s.plan.final_seed,
+            ignore_eos=s.params.ignore_eos,
+        )
+        return FinalCall(f"{s.run_id}-final", prompt_ids, sampling)
+
+    def settle(self, call: FinalCall, completion: Completion, *, error: str | None = None) -> None:
+        """The final call ended (``error``: it failed): charge its tokens, keep its record."""
+        self.scheduler.budget.settle(call.sampling.max_tokens, len(completion.token_ids))
+        self.content = completion.text
+        self.finish_reason = "error" if error is not None else completion.finish_reason or "abort"
+        if error is not None:
+            status = "failed"
+            prompt_tokens = completion.prompt_tokens
+        else:
+            status = "finished" if self.finish_reason in ("stop", "length") else "aborted"
+            prompt_tokens = completion.prompt_tokens or len(call.prompt_ids)
+        self.record = NodeRecord(
+            round=len(self.scheduler.completed),
+            index=0,
+            kind="final",
+            parents=list(self.parents),
+            seed=call.sampling.seed,
+            max_tokens=call.sampling.max_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(completion.token_ids),
+            finish_reason=self.finish_reason,
+            status=status,  # type: ignore[arg-type]
+            text=completion.text,
+            answer=extract_answer(completion.text),
+            error=error,
+        )
