@@ -10,9 +10,42 @@ import argparse
 import logging
 import os
 import sys
-from typing import get_args
+from typing import Any
 
-from mrsa.engine.config import CcaOps
+
+# vLLM's names for the engine flags users type most; every other setting is --group.field.
+SHORT_FLAGS = {
+    "engine.model": "model",
+    "engine.served_model_name": "served-model-name",
+    "engine.max_model_len": "max-model-len",
+    "engine.dtype": "dtype",
+    "engine.gpu_memory_utilization": "gpu-memory-utilization",
+    "engine.cpu_kvcache_space_gib": "cpu-kvcache-space",
+    "engine.cca_ops": "cca-ops",
+    "engine.upstreams": "upstream",
+}
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> Any:
+    """Every field of Settings as a flag of ``parser`` (pydantic-settings' CLI source)."""
+    from pydantic_settings import CliSettingsSource
+
+    from mrsa.service.settings import Settings
+
+    return CliSettingsSource(Settings, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
+                             cli_shortcuts=SHORT_FLAGS, cli_prog_name="mrsa serve")
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    """Settings from parsed flags, then ``MRSA_*``, then defaults; exits on an invalid value."""
+    from pydantic import ValidationError
+
+    from mrsa.service.settings import Settings
+
+    try:
+        return Settings(_cli_settings_source=args.settings_source(parsed_args=args))
+    except ValidationError as exc:
+        raise SystemExit(f"mrsa: invalid settings:\n{exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -20,33 +53,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from mrsa.service import logs
     from mrsa.service.app import create_app
-    from mrsa.service.settings import Settings
 
-    overrides: dict = {}
-    for name in ("host", "port", "log_level"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    settings = Settings(**overrides)
-    engine = settings.engine.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "model": args.model,
-                "served_model_name": args.served_model_name,
-                "max_model_len": args.max_model_len,
-                "dtype": args.dtype,
-                "gpu_memory_utilization": args.gpu_memory_utilization,
-                "cpu_kvcache_space_gib": args.cpu_kvcache_space,
-                "cca_ops": args.cca_ops,
-                "upstreams": args.upstreams,
-            }.items()
-            if v is not None
-        }
-    )
-    settings = settings.model_copy(update={"engine": engine})
+    settings = settings_from(args)
     if settings.store_path is None:
         settings = settings.model_copy(update={"store_path": settings.default_store_path()})
-    logs.setup(settings.log_level, args.log_format or os.environ.get("MRSA_LOG_FORMAT", "json"))
+    logs.setup(settings.log_level, settings.log_format)
     app = create_app(settings)
     # log_config=None: uvicorn's loggers propagate to the JSON handler set up above.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None)
@@ -114,37 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the OpenAI-compatible API")
-    serve.add_argument("--model", help="HF checkpoint folder or hub id (default: SmolLM2-135M-Instruct)")
-    serve.add_argument("--served-model-name")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--max-model-len", type=int)
-    serve.add_argument("--dtype")
-    serve.add_argument("--gpu-memory-utilization", type=float)
-    serve.add_argument("--cpu-kvcache-space", type=float, help="GiB of KV cache on CPU hosts")
-    serve.add_argument(
-        "--cca-ops", choices=get_args(CcaOps),
-        help="ZAYA's CCA q/k/v step: Triton kernels or PyTorch reference (auto: Triton on CUDA)",
+    serve = sub.add_parser(
+        "serve", help="serve the OpenAI-compatible API",
+        description="Every setting is a flag (below) and an MRSA_* variable; a flag wins over its variable.",
     )
-    serve.add_argument("--log-level")
-    serve.add_argument(
-        "--log-format", choices=["json", "text"],
-        help="json: one object per line with request and run ids (default; env MRSA_LOG_FORMAT)",
-    )
-    serve.add_argument(
-        "--upstream",
-        dest="upstreams",
-        action="append",
-        metavar="URL",
-        help="base URL of an OpenAI-compatible vLLM server to use as a replica (repeatable); "
-        "set = no embedded engine",
-    )
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=_serve, settings_source=_settings_flags(serve))
 
     ask = sub.add_parser("ask", help="run one RSA query against a running server, live")
     ask.add_argument("question")
     ask.add_argument("--url", default="http://127.0.0.1:8000")
+    ask.add_argument("--api-key", help="bearer token, when the server requires keys")
     ask.add_argument("--model", help="default: the server's only model")
     ask.add_argument("--population", "-n", type=int)
     ask.add_argument("--k", "-k", type=int)

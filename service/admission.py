@@ -5,7 +5,9 @@ A :class:`Ticket` is taken when a request is accepted (:meth:`Admission.admit`, 
 :class:`Overloaded` when both the slots and the queue are full); :meth:`Ticket.wait` returns
 once the ticket holds a running slot, in arrival order; :meth:`Ticket.release` gives the slot
 (or the queue place) back and hands it to the next waiter. Releasing is idempotent and a ticket
-cancelled while waiting leaves the queue, so a client that goes away never leaks a slot.
+cancelled while waiting leaves the queue; every holder releases in a ``finally`` (``with
+ticket:``, or the :class:`~mrsa.service.streaming.EventStream` that streams its work), so a
+client that goes away never leaks a slot.
 """
 
 from __future__ import annotations
@@ -47,10 +49,6 @@ class Ticket:
             return
         self.released = True
         self._admission._release(self)
-
-    def __del__(self) -> None:  # a response that never started its body still frees its place
-        if not self.released:
-            self.release()
 
     def __enter__(self) -> Ticket:
         return self

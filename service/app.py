@@ -65,9 +65,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
             yield
         finally:
             await runs.close()
-            shutdown = getattr(engine, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
+            await engine.aclose()
 
     app = FastAPI(title="markovian-rsa", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -1,32 +1,23 @@
-"""Server configuration: environment variables ``MRSA_*`` and CLI flags, one model.
+"""Server configuration: one model, read from CLI flags, ``MRSA_*`` variables and defaults.
 
-Nested groups use ``__``: ``MRSA_ENGINE__MAX_MODEL_LEN=8192``, ``MRSA_RSA__POPULATION=16``,
-``MRSA_LIMITS__MAX_ROUNDS=32``. CLI flags override the environment.
+Precedence, everywhere: a flag > its ``MRSA_*`` variable > the default. Nested groups use ``__``
+in variables (``MRSA_ENGINE__MAX_MODEL_LEN=8192``, ``MRSA_RSA__POPULATION=16``) and ``.`` in
+flags (``--rsa.population 16``); the engine's most used flags also have vLLM's short names
+(``--model``, ``--max-model-len``). ``mrsa serve``'s flags are derived from this model
+(mrsa/cli.py), so a setting is written once. Values are validated at start: a bad one (or an
+unknown ``rsa`` field) stops the server before it serves anything.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.engine.config import EngineConfig
 from mrsa.rsa.params import RsaLimits, RsaParams
-
-
-class RsaDefaults(BaseModel):
-    """Server defaults for the request's ``rsa`` object: sized so a default request fits the
-    embedded default model (4096-token context) and finishes in well under a minute on a CPU."""
-
-    population: int = 8
-    k: int = 3
-    rounds: int = 3
-    tail_tokens: int = 256
-    trace_max_tokens: int = 512
-    selection: str = "auto"
-    schedule: str = "dataflow"
 
 
 class AdmissionSettings(BaseModel):
@@ -44,12 +35,17 @@ class Settings(BaseSettings):
         env_prefix="MRSA_", env_nested_delimiter="__", extra="ignore"
     )
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    log_level: str = "info"
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line with request and run ids; text: plain lines."
+    )
     max_n: int = Field(16, ge=1, description="Largest `n` of a plain (non-RSA) request.")
     engine: EngineConfig = EngineConfig()
-    rsa: RsaDefaults = RsaDefaults()
+    rsa: RsaParams = Field(
+        RsaParams(), description="Server defaults of the request's rsa object (any field but seed)."
+    )
     limits: RsaLimits = RsaLimits()
     admission: AdmissionSettings = AdmissionSettings()
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 unread.")
@@ -57,17 +53,32 @@ class Settings(BaseSettings):
         None, description="Comma-separated API keys; set = every endpoint but /health needs one."
     )
     api_key_file: Path | None = Field(None, description="A file of API keys, one per line (# comments).")
+    cache_dir: Path = Field(
+        Path("~/.cache/markovian-rsa"),
+        description="Built-in models are provisioned here; mrsa serve keeps its run store here too.",
+    )
     store_path: Path | None = Field(
         None,
         description="SQLite file of background runs; `mrsa serve` defaults it to "
-        "<cache>/runs-<port>.sqlite3, unset elsewhere = a temporary file (no resume).",
+        "<cache_dir>/runs-<port>.sqlite3, unset elsewhere = a temporary file (no resume).",
     )
+
+    @model_validator(mode="after")
+    def _no_server_seed(self) -> Settings:
+        if self.rsa.seed is not None:
+            raise ValueError("rsa.seed has no server default: a fixed seed would make every run the same")
+        return self
 
     def default_store_path(self) -> Path:
         """Where ``mrsa serve`` keeps background runs unless ``store_path`` says otherwise."""
-        cache = os.environ.get("MRSA_CACHE_DIR") or self.engine.cache_dir or "~/.cache/markovian-rsa"
-        return Path(cache).expanduser() / f"runs-{self.port}.sqlite3"
+        return self.cache_dir.expanduser() / f"runs-{self.port}.sqlite3"
 
     def rsa_params(self, overrides: dict) -> RsaParams:
-        """Server defaults, then the client's values: raises pydantic's ValidationError."""
-        return RsaParams(**{**self.rsa.model_dump(), **overrides})
+        """Server defaults, then the client's values: raises pydantic's ValidationError.
+
+        A k the client did not send follows a small population (population 2 with the default
+        k of 3 runs with k 2); only an explicit k larger than the population is an error."""
+        values = {**self.rsa.model_dump(exclude={"seed"}), **overrides}
+        if "k" not in overrides:
+            values["k"] = min(values["k"], values.get("population", values["k"]))
+        return RsaParams(**values)

@@ -1,53 +1,20 @@
-"""Server-sent events in the OpenAI chunk format.
+"""Server-sent events: the framing, and the response that streams them.
 
-RSA progress rides in chunks with ``choices: []`` and an extra ``rsa`` field, the same shape as
-the usage chunk, so every OpenAI SDK's stream parser accepts them and ignores what it does not
-know. Then come the final answer's content deltas, the finish chunk, usage if asked, ``[DONE]``.
+An :class:`EventStream` holds the admission ticket of the work it streams and releases it when
+the response ends, however it ends (finished, failed, client gone): a slot is
+given back in a ``finally``, never left to garbage collection.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from mrsa.service.admission import Ticket
 from mrsa.service.errors import APIError
-
-
-@dataclass(frozen=True)
-class ChunkFactory:
-    """Builds the chunks of one response (same id, created and model on all of them)."""
-
-    id: str
-    created: int
-    model: str
-
-    def _chunk(self, choices: list[dict], **extra: Any) -> dict:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    def role(self, index: int = 0) -> dict:
-        return self._chunk(
-            [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        )
-
-    def content(self, text: str, index: int = 0) -> dict:
-        return self._chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}])
-
-    def finish(self, reason: str, index: int = 0, **extra: Any) -> dict:
-        return self._chunk([{"index": index, "delta": {}, "finish_reason": reason}], **extra)
-
-    def progress(self, event: dict) -> dict:
-        return self._chunk([], rsa=event)
-
-    def usage(self, usage: dict) -> dict:
-        return self._chunk([], usage=usage)
 
 
 def sse(data: dict | str) -> str:
@@ -60,3 +27,20 @@ def sse_error(err: APIError) -> str:
 
 
 DONE = sse("[DONE]")
+
+
+class EventStream(StreamingResponse):
+    """``text/event-stream`` of ``lines``; ``ticket`` (if any) is released when it ends."""
+
+    def __init__(self, lines: AsyncIterator[str], ticket: Ticket | None = None) -> None:
+        super().__init__(
+            lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.ticket = ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.ticket is not None:
+                self.ticket.release()

@@ -1,18 +1,36 @@
-"""OpenAI chat-completion request and response models, plus the ``rsa`` extension.
+"""The wire format, in one place: typed models of everything the service sends and receives.
 
-The request accepts the fields the OpenAI SDKs send (unknown top-level fields are ignored, as
-vLLM's server does); the ``rsa`` object is kept raw here and validated against the server's
-defaults in the route, so its errors can name ``rsa.<field>``.
+- requests: the OpenAI chat-completion request plus our ``rsa`` object (kept raw here and
+  validated against the server's defaults in the route, so its errors can name
+  ``rsa.<field>``); unknown top-level fields are ignored, as vLLM's server does;
+- responses: ``chat.completion``, its usage, the model list;
+- stream chunks (:class:`ChunkFactory`), RSA progress events, background run objects, and the
+  error envelope's body;
+- the constructors that turn the algorithm's results (:mod:`mrsa.rsa.events`) into them.
+
+Routes and the background run manager both build their bodies here; nothing is a hand-built
+dict, so what goes to a client, to the run store and to the event log has one shape.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_serializer
 
+from mrsa.rsa.events import (
+    FinalStarted,
+    NodeFinished,
+    NodeStarted,
+    RoundCompleted,
+    RsaEvent,
+    RsaResult,
+    Usage,
+)
 from mrsa.rsa.params import RsaParams
 
 # The OpenAPI schema documents the rsa object field by field (every field optional: server
@@ -117,6 +135,34 @@ class Choice(BaseModel):
     logprobs: None = None
 
 
+class FailedTraceInfo(BaseModel):
+    round: int
+    index: int
+    error: str
+
+
+class RsaSummary(BaseModel):
+    """The ``rsa`` block of a finished run (in the completion, and in ``run_completed``)."""
+
+    seed: int
+    rounds_completed: int
+    calls: int
+    stop_reason: str
+    final_mode: str
+    answer: str | None
+    answers: list[list[str | None]]
+    degraded: bool
+    failed: list[FailedTraceInfo]
+    trace: list[dict[str, Any]] | None = Field(None, description="every engine call, with return_trace")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_trace(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("trace") is None:
+            data.pop("trace", None)
+        return data
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -124,7 +170,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: UsageInfo
-    rsa: dict[str, Any] | None = None
+    rsa: RsaSummary | None = None
 
 
 class ModelCard(BaseModel):
@@ -140,9 +186,156 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+@dataclass(frozen=True)
+class ChunkFactory:
+    """Builds the ``chat.completion.chunk`` objects of one response (same id, created and model
+    on all of them). RSA progress rides in chunks with ``choices: []`` and an extra ``rsa``
+    field, the shape of the usage chunk, so every OpenAI SDK's stream parser accepts them and
+    ignores what it does not know."""
+
+    id: str
+    created: int
+    model: str
+
+    def _chunk(self, choices: list[dict], **extra: Any) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def role(self, index: int = 0) -> dict:
+        return self._chunk(
+            [{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
+
+    def content(self, text: str, index: int = 0) -> dict:
+        return self._chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}])
+
+    def finish(self, reason: str, index: int = 0, **extra: Any) -> dict:
+        return self._chunk([{"index": index, "delta": {}, "finish_reason": reason}], **extra)
+
+    def progress(self, event: dict) -> dict:
+        return self._chunk([], rsa=event)
+
+    def usage(self, usage: dict) -> dict:
+        return self._chunk([], usage=usage)
+
+
+class ErrorBody(BaseModel):
+    """The inside of the OpenAI error envelope ``{"error": {...}}``."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class RunProgress(BaseModel):
+    nodes_finished: int
+    nodes_total: int
+    rounds: int
+    attempts: int
+
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class RunObject(BaseModel):
+    """A background run as ``/v1/rsa/runs`` shows it."""
+
+    id: str
+    object: Literal["rsa.run"] = "rsa.run"
+    created: int
+    model: str
+    status: RunStatus
+    seed: int
+    progress: RunProgress
+    usage: UsageInfo
+    result: ChatCompletion | None = None
+    error: ErrorBody | None = None
+
+
 def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def now() -> int:
     return int(time.time())
+
+
+# ------------------------------------------------------------------ from the algorithm's results
+
+
+def usage_info(u: Usage) -> UsageInfo:
+    return UsageInfo(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
+    )
+
+
+def rsa_summary(result: RsaResult, with_trace: bool) -> RsaSummary:
+    return RsaSummary(
+        seed=result.seed,
+        rounds_completed=result.rounds_completed,
+        calls=result.calls,
+        stop_reason=result.stop_reason,
+        final_mode=result.final_mode,
+        answer=result.answer,
+        answers=result.answers,
+        degraded=result.degraded,
+        failed=[FailedTraceInfo(**dataclasses.asdict(f)) for f in result.failed],
+        trace=[dataclasses.asdict(node) for node in result.trace] if with_trace else None,
+    )
+
+
+def rsa_completion(id: str, created: int, model: str, result: RsaResult, with_trace: bool) -> ChatCompletion:
+    """The ``chat.completion`` of a finished run."""
+    return ChatCompletion(
+        id=id,
+        created=created,
+        model=model,
+        choices=[
+            Choice(index=0, message=ResponseMessage(content=result.content), finish_reason=result.finish_reason)
+        ],
+        usage=usage_info(result.usage),
+        rsa=rsa_summary(result, with_trace),
+    )
+
+
+def summary_event(result: RsaResult, with_trace: bool) -> dict[str, Any]:
+    """The ``run_completed`` progress event: the summary (without a null trace)."""
+    return {"event": "run_completed", **rsa_summary(result, with_trace).model_dump()}
+
+
+def started_event(event: NodeStarted) -> dict[str, Any]:
+    """``node_started``: sent on live streams only (a resumed run would repeat them)."""
+    return {"event": "node_started", "round": event.round, "index": event.index, "parents": event.parents}
+
+
+def progress_event(event: RsaEvent) -> dict[str, Any] | None:
+    """The ``rsa`` progress object of an event, as streams and the run event log carry it
+    (None for what is not logged progress: node starts, content deltas, the result)."""
+    match event:
+        case NodeFinished():
+            return {
+                "event": "node_finished",
+                "round": event.round,
+                "index": event.index,
+                "tokens": event.completion_tokens,
+                "answer": event.answer,
+                "status": event.status,
+                "cut": event.cut,
+                **({"parents": event.record.parents} if event.record is not None and event.round > 0 else {}),
+                **({"error": event.error} if event.error is not None else {}),
+            }
+        case RoundCompleted():
+            return {"event": "round_completed", "round": event.round, "answers": event.answers}
+        case FinalStarted():
+            return {"event": "final_started", "mode": event.mode, "parents": event.parents}
+    return None

@@ -9,18 +9,18 @@ Life of a run::
 Every finished node's record goes to the store together with its progress event (one
 transaction), so after a crash :meth:`RunManager.start` finds the run ``queued`` or ``running``
 and restarts it from its checkpoints: the plan is rebuilt from the stored seed and only the
-nodes that were in flight are redone (see :mod:`rsa.runner`). Usage and budget include the
+nodes that were in flight are redone (see :mod:`mrsa.rsa`). Usage and budget include the
 work done before the restart; the run's age (for ``deadline_s``) too.
 
-The store is opened lazily: a server that never receives a background run creates no file.
-Without a path (``store_path`` unset, as in tests) it is a temporary file removed at shutdown:
-runs then live as long as the process.
+The store is opened at start, and with it its exclusive lock: a second server pointed at the
+same file refuses to start (:class:`~mrsa.service.runs.store.StoreLocked`) instead of failing its
+first background request. Without a path (``store_path`` unset, as in tests) it is a temporary
+file removed at shutdown: runs then live as long as the process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -28,25 +28,29 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
 
 from mrsa.engine.base import Engine, EngineError
 from mrsa.rsa import RsaParams, RsaRun
-from mrsa.rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed
+from mrsa.rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed, Usage
 from mrsa.service import logs, metrics
 from mrsa.service.admission import Admission, Ticket
-from mrsa.service.store import AsyncStore, Store, StoredRun
+from mrsa.service.runs.store import AsyncStore, Store, StoredRun
+from mrsa.service.wire import (
+    ErrorBody,
+    RunObject,
+    RunProgress,
+    now,
+    progress_event,
+    rsa_completion,
+    summary_event,
+    usage_info,
+)
 
 log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
     return f"run_{uuid.uuid4().hex}"
-
-
-def owner_of(key: str | None) -> str:
-    """What the store keeps of the API key that created a run: a hash, never the key."""
-    return "" if not key else hashlib.sha256(key.encode()).hexdigest()
 
 
 class RunManager:
@@ -75,9 +79,8 @@ class RunManager:
         return self._store
 
     async def start(self) -> int:
-        """Resume every run the last server left queued or running; returns how many."""
-        if not self.store_path.exists():
-            return 0
+        """Open the store (taking its lock) and resume every run the last server left queued
+        or running; returns how many."""
         store = self._open()
         runs = await store.unfinished()
         for run in runs:
@@ -124,15 +127,37 @@ class RunManager:
 
     async def get(self, owner: str, run_id: str) -> StoredRun | None:
         """The run, if it exists and belongs to ``owner``."""
-        if self._store is None and not self.store_path.exists():
-            return None
         run = await self._open().get(run_id)
         if run is None or run.owner != owner:
             return None
         return run
 
-    async def progress(self, run_id: str) -> Any:
-        return await self._open().progress(run_id)
+    async def run_object(self, stored: StoredRun) -> RunObject:
+        """The run as the API shows it: status, progress and usage so far, result or error."""
+        params = stored.spec["params"]
+        progress = await self._open().progress(stored.id)
+        if stored.result is not None:
+            usage = stored.result["usage"]
+        elif stored.error is not None and "usage" in stored.error:
+            usage = stored.error["usage"]
+        else:
+            usage = usage_info(Usage(progress.prompt_tokens, progress.completion_tokens, progress.reasoning_tokens))
+        return RunObject(
+            id=stored.id,
+            created=int(stored.created),
+            model=stored.spec["model"],
+            status=stored.status,
+            seed=params["seed"],
+            progress=RunProgress(
+                nodes_finished=progress.nodes,
+                nodes_total=params["population"] * params["rounds"],
+                rounds=params["rounds"],
+                attempts=stored.attempts,
+            ),
+            usage=usage,
+            result=stored.result,
+            error=None if stored.error is None else stored.error["error"],
+        )
 
     async def cancel(self, owner: str, run_id: str) -> StoredRun | None:
         """Cancel a queued or running run: its engine requests are aborted before this returns."""
@@ -192,8 +217,6 @@ class RunManager:
 
     async def _execute(self, run_id: str, spec: dict, ticket: Ticket, attempt: int, run: RsaRun | None,
                        records: list, elapsed_s: float) -> None:
-        from mrsa.service.routes import completion_body, progress_event, usage_info  # no import cycle
-
         store = self._open()
         logs.bind_run(run_id)  # this task's own context: every record it logs names the run
         observer = metrics.RunObserver()
@@ -212,8 +235,9 @@ class RunManager:
                         if isinstance(event, FinalDelta):
                             continue
                         if isinstance(event, RunCompleted):
-                            body = completion_body(run_id, spec["model"], event.result, run.params.return_trace)
-                            summary = {"event": "run_completed", **body["rsa"], "usage": body["usage"]}
+                            with_trace = run.params.return_trace
+                            body = rsa_completion(run_id, now(), spec["model"], event.result, with_trace).model_dump()
+                            summary = {**summary_event(event.result, with_trace), "usage": body["usage"]}
                             await store.finish(run_id, "completed", summary, result=body)
                         elif isinstance(event, NodeFinished) and event.record is not None and event.status != "aborted":
                             progress = progress_event(event)
@@ -227,12 +251,12 @@ class RunManager:
                 raise
         except RunFailed as exc:
             observer.failed(exc.calls, exc.usage.completion_tokens)
-            error = {"error": _error_body(exc), "usage": usage_info(exc.usage)}
+            error = {"error": _error_body(exc).model_dump(), "usage": usage_info(exc.usage).model_dump()}
             await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
         except Exception as exc:  # a bug or an engine that cannot run it: the run fails, the server stays
             if not isinstance(exc, EngineError):
                 log.exception("background run %s failed", run_id)
-            error = {"error": _error_body(exc)}
+            error = {"error": _error_body(exc).model_dump()}
             await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
         finally:
             self._tasks.pop(run_id, None)
@@ -240,12 +264,11 @@ class RunManager:
             self._notify(run_id)
 
 
-def _error_body(exc: Exception) -> dict:
-    if isinstance(exc, EngineError):
-        return {
-            "message": str(exc) or type(exc).__name__,
-            "type": "invalid_request_error" if exc.status < 500 else "server_error",
-            "param": None,
-            "code": exc.code,
-        }
-    return {"message": f"Internal error: {type(exc).__name__}", "type": "server_error", "param": None, "code": "internal_error"}
+def _error_body(exc: Exception) -> ErrorBody:
+    if isinstance(exc, (EngineError, RunFailed)):
+        return ErrorBody(
+            message=str(exc) or type(exc).__name__,
+            type="invalid_request_error" if exc.status < 500 else "server_error",
+            code=exc.code,
+        )
+    return ErrorBody(message=f"Internal error: {type(exc).__name__}", type="server_error", code="internal_error")

@@ -64,11 +64,43 @@ async def test_forced_admission_ignores_the_queue_bound() -> None:
     holder.release()
 
 
-async def test_a_dropped_ticket_gives_its_place_back() -> None:
+async def test_a_stream_gives_its_place_back_however_it_ends() -> None:
+    """A streamed response holds its ticket and releases it in a ``finally`` when it ends:
+    finished, or the client gone before the first byte. Never by garbage collection."""
+    import gc
+
+    from mrsa.service.streaming import EventStream
+
     admission = Admission("requests", running=1, queued=0)
-    admission.admit()  # e.g. a response whose body never started: nothing holds the ticket
-    assert admission.running == 0
-    assert admission.admit().running
+    dropped = admission.admit()
+    del dropped
+    gc.collect()
+    assert admission.running == 1  # nobody released it: the holder must, in a finally
+
+    admission = Admission("requests", running=1, queued=0)
+
+    async def lines():
+        yield "data: 1\n\n"
+
+    async def disconnected() -> dict:
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    for receive in (disconnected, None):
+        ticket = admission.admit()
+        assert admission.running == 1
+        stream = EventStream(lines(), ticket)
+
+        async def never() -> dict:
+            await asyncio.Event().wait()  # the client stays until the body is done
+            return {}
+
+        await stream({"type": "http", "asgi": {"spec_version": "2.4"}}, receive or never, send)
+        assert ticket.released and admission.running == 0
 
 
 async def test_runs_beyond_running_and_queued_get_429() -> None:

@@ -39,6 +39,12 @@ def test_the_wheel_holds_one_package_and_no_benchmarks(wheel: Path) -> None:
     assert {"mrsa/service/app.py", "mrsa/rsa/plan.py", "mrsa/engine/local.py", "mrsa/kernels/cca/prefill.py",
             "mrsa/evals/runner.py", "mrsa/cli.py", "mrsa/service/static/trace.html"} <= set(names)
     assert not [n for n in names if "bench" in n.split("/")[-1]], "benchmark scripts must not ship"
+    # Every source file of the product is in it (a subpackage left out of pyproject's list
+    # would be missing from the wheel while the editable install still finds it).
+    sources = {f"mrsa/{p.relative_to(ROOT / 'mrsa').as_posix()}" for p in (ROOT / "mrsa").glob("*.py")}
+    for part in ("service", "rsa", "engine", "kernels", "evals"):
+        sources |= {f"mrsa/{part}/{p.relative_to(ROOT / part).as_posix()}" for p in (ROOT / part).rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "mrsa = mrsa.cli:main" in text and "zaya = mrsa.engine.zaya.plugin:register" in text
@@ -76,7 +82,7 @@ def test_this_environment_has_no_top_level_package_of_ours() -> None:
     for name in OURS:
         origin = _run(sys.executable, "-c", f"import importlib.util as u; s = u.find_spec({name!r}); "
                       "print(s.origin if s else '')")
-        assert not origin or not Path(origin).is_relative_to(ROOT), f"`import {name}` finds our {origin}"
+        assert not origin or not Path(origin).is_relative_to(ROOT / name), f"`import {name}` finds our {origin}"
     origin = _run(sys.executable, "-c", "import mrsa.rsa.plan as p; print(p.__file__)")
     assert Path(origin) == ROOT / "rsa" / "plan.py"
 

@@ -77,3 +77,76 @@ async def test_plain_requests_keep_the_bare_envelope() -> None:
     response = await post(engine, {"model": "fake-model", "messages": QUESTION})
     assert response.status_code == 503
     assert set(response.json()) == {"error"}
+
+
+async def test_a_background_run_whose_round_fails_ends_failed_and_its_events_end() -> None:
+    """Regression: the failure's usage used to reach json.dumps as a pydantic model, which
+    raised inside the handler, so the run stayed `running` and its event stream never ended."""
+    from tests.unit.test_store import events, serving, submit, wait_status
+
+    engine = FakeEngine(error=lambda r: Gone("no replica is reachable") if "-r1-" in r.request_id else None)
+    async with serving(engine) as http:
+        run = await submit(http, rsa=RSA)
+        done = await wait_status(http, run["id"], {"completed", "failed", "cancelled"})
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "upstream_unavailable" and "of round 1 failed" in done["error"]["message"]
+        assert done["usage"]["completion_tokens"] == engine.completion_tokens > 0
+        log = await events(http, run["id"])  # returns: the stream ends after the last event
+        assert log[-1][1]["event"] == "run_failed"
+        assert log[-1][1]["usage"]["completion_tokens"] == engine.completion_tokens
+        assert engine.num_in_flight() == 0
+
+
+async def test_a_client_that_leaves_a_non_streaming_request_is_a_499_not_a_500() -> None:
+    """Regression: the disconnect watch called task.result() on a task it had just cancelled,
+    so a hang-up was logged as an unhandled error and counted as a 500. It is a 499 in the
+    metrics, nothing is logged as an error, and the run's engine requests are aborted."""
+    import asyncio
+    import logging
+
+    from mrsa.service import metrics
+
+    engine = FakeEngine(delay=0.05, length=400)  # slow: the client leaves mid-run
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    body = json.dumps({"model": "fake-model", "messages": QUESTION, "rsa": RSA}).encode()
+    hung_up = asyncio.Event()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if not sent and not hung_up.is_set():
+            sent.append({"type": "http.request"})
+            return {"type": "http.request", "body": body, "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                                               (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    before = metrics.REQUESTS.labels("POST", "/v1/chat/completions", "499")._value.get()
+    try:
+        async with app.router.lifespan_context(app):
+            call = asyncio.create_task(app(scope, receive, send))
+            for _ in range(400):  # until traces are being generated
+                if engine.num_in_flight():
+                    break
+                await asyncio.sleep(0.01)
+            assert engine.num_in_flight() > 0, "the run never started"
+            hung_up.set()
+            await asyncio.wait_for(call, 10)
+            assert engine.num_in_flight() == 0  # aborted before the response was sent
+    finally:
+        logging.getLogger().removeHandler(handler)
+    starts = [m for m in sent if m.get("type") == "http.response.start"]
+    assert [m["status"] for m in starts] == [499]
+    assert metrics.REQUESTS.labels("POST", "/v1/chat/completions", "499")._value.get() == before + 1
+    assert not errors, [e.getMessage() for e in errors]
+    assert engine.requests and all(r.aborted for r in engine.requests)  # every trace was mid-generation

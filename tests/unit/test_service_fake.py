@@ -56,6 +56,34 @@ async def test_top_level_fields_feed_the_run(engine_and_client) -> None:
     assert final.params.max_tokens == 7
 
 
+async def test_max_tokens_is_a_ceiling_of_the_final_answer() -> None:
+    """A client default like max_tokens=4096 on a 4096-token context runs (the final answer
+    keeps its own budget, trace_max_tokens); an explicit rsa.final_max_tokens is exact."""
+    engine = FakeEngine(max_model_len=4096)
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    rsa = {**RSA, "selection": "aggregate"}
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            ok = await http.post("/v1/chat/completions", json={
+                "model": "fake-model", "messages": QUESTION, "max_tokens": 4096, "rsa": rsa})
+            assert ok.status_code == 200, ok.text
+            assert engine.requests[-1].params.max_tokens == RSA["trace_max_tokens"]
+            exact = await http.post("/v1/chat/completions", json={
+                "model": "fake-model", "messages": QUESTION, "rsa": {**rsa, "final_max_tokens": 4096}})
+            assert exact.status_code == 400 and exact.json()["error"]["code"] == "context_length_exceeded"
+
+
+async def test_an_unset_k_follows_a_small_population(engine_and_client) -> None:
+    engine, client = engine_and_client
+    out = await client.chat.completions.create(
+        model="fake-model", messages=QUESTION, extra_body={"rsa": {"population": 2, "rounds": 2}})
+    assert out.model_extra["rsa"]["calls"] >= 4  # k became 2: every aggregation saw both traces
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(
+            model="fake-model", messages=QUESTION, extra_body={"rsa": {"population": 2, "k": 3}})
+    assert bad.value.body["param"] == "rsa"
+
+
 async def test_rsa_stream_is_parsed_by_the_sdk(engine_and_client) -> None:
     _, client = engine_and_client
     stream = await client.chat.completions.create(

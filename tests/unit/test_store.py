@@ -19,7 +19,7 @@ import pytest
 
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
-from mrsa.service.store import Store, StoreLocked
+from mrsa.service.runs.store import Store, StoreLocked
 from tests.fakes import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,9 +159,24 @@ def test_a_store_file_is_owned_by_one_server(tmp_path: Path) -> None:
     Store(tmp_path / "runs.sqlite3").close()
 
 
+async def test_a_second_server_on_the_same_store_refuses_to_start(tmp_path: Path) -> None:
+    """Regression: the store used to open with the first background run, so a second server
+    started and its first background POST failed with a 500. The lock is taken at start."""
+    path = tmp_path / "runs.sqlite3"
+    first = create_app(Settings(store_path=path), engine_factory=lambda _: _engine())
+    second = create_app(Settings(store_path=path), engine_factory=lambda _: _engine())
+    async with first.router.lifespan_context(first):
+        assert path.exists()  # no run was ever submitted
+        with pytest.raises(StoreLocked):
+            async with second.router.lifespan_context(second):
+                pass
+    async with second.router.lifespan_context(second):  # free once the first has stopped
+        pass
+
+
 WRITER = """
 import sys, time
-from mrsa.service.store import Store
+from mrsa.service.runs.store import Store
 from mrsa.rsa.events import NodeRecord
 store = Store(sys.argv[1])
 store.create("run_a", "", {"params": {}}, {"event": "run_started"})

@@ -1,0 +1,23 @@
+"""``/health`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from mrsa.service.context import engine_of
+from mrsa.service.wire import ModelCard, ModelList
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    engine = engine_of(request)
+    return {"status": "ok", "model": engine.model_name, "in_flight": engine.num_in_flight()}
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> ModelList:
+    engine = engine_of(request)
+    card = ModelCard(id=engine.model_name, created=request.app.state.started, max_model_len=engine.max_model_len)
+    return ModelList(data=[card])

@@ -1,0 +1,91 @@
+"""Background runs under ``/v1/rsa/runs``: create, poll, cancel, follow as SSE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from mrsa.engine.base import Engine
+from mrsa.service import metrics
+from mrsa.service.context import admit, owner_of, runs_of, served, settings_of
+from mrsa.service.errors import APIError
+from mrsa.service.rsa_chat import new_run, rsa_params
+from mrsa.service.runs import StoredRun, new_run_id
+from mrsa.service.streaming import EventStream, sse
+from mrsa.service.wire import ChatCompletionRequest, RunObject
+
+router = APIRouter()
+
+
+@router.post("/v1/rsa/runs", status_code=202, response_model=None)
+async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
+    """Start a background RSA run (the body of a chat completion; ``rsa`` defaults to {})."""
+    engine = served(body.model, request)
+    return await submit_run(body.model_copy(update={"rsa": body.rsa or {}}), request, engine)
+
+
+async def submit_run(body: ChatCompletionRequest, request: Request, engine: Engine) -> Response:
+    """Accept a run: 202 with its run object, or the error that refuses it."""
+    if body.stream:
+        raise APIError("stream and background exclude each other: follow /v1/rsa/runs/{id}/events", param="stream")
+    params = rsa_params(body, settings_of(request))
+    run_id = new_run_id()
+    run = new_run(engine, body, params, f"{run_id}-a1")
+    runs = runs_of(request)
+    ticket = admit(runs.admission)
+    metrics.RSA_RUNS.inc()
+    stored = await runs.submit(owner_of(request), engine.model_name, run_id, run, ticket)
+    return JSONResponse((await runs.run_object(stored)).model_dump(), status_code=202)
+
+
+async def _owned(request: Request, run_id: str) -> StoredRun:
+    stored = await runs_of(request).get(owner_of(request), run_id)
+    if stored is None:
+        raise APIError(f"No run with id `{run_id}`.", status=404, param="run_id", code="run_not_found")
+    return stored
+
+
+@router.get("/v1/rsa/runs/{run_id}")
+async def get_run(run_id: str, request: Request) -> RunObject:
+    return await runs_of(request).run_object(await _owned(request, run_id))
+
+
+@router.delete("/v1/rsa/runs/{run_id}")
+async def cancel_run(run_id: str, request: Request) -> RunObject:
+    await _owned(request, run_id)
+    runs = runs_of(request)
+    stored = await runs.cancel(owner_of(request), run_id)
+    assert stored is not None  # owned a moment ago; runs are never deleted
+    return await runs.run_object(stored)
+
+
+@router.get("/v1/rsa/runs/{run_id}/events", response_model=None)
+async def run_events(
+    run_id: str, request: Request, last_event_id: str | None = Header(None), after: int | None = None
+) -> Response:
+    """The run's progress as SSE (``id:`` = event number); resume with ``Last-Event-ID`` (or
+    ``?after=N``). Ends after the run's last event (completed, failed or cancelled)."""
+    await _owned(request, run_id)
+    start = after if after is not None else 0
+    if last_event_id is not None:
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise APIError("Last-Event-ID must be an event number", param="Last-Event-ID") from None
+    if start < 0:
+        raise APIError("the event number must not be negative", param="after")
+    runs, owner = runs_of(request), owner_of(request)
+
+    async def stream() -> AsyncIterator[str]:
+        async with aclosing(runs.events(owner, run_id, start)) as events:
+            async for item in events:
+                if item is None:
+                    yield ": keep-alive\n\n"
+                else:
+                    seq, event = item
+                    yield f"id: {seq}\n{sse(event)}"
+
+    return EventStream(stream())
