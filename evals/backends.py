@@ -36,7 +36,8 @@ def _rsa_body(params: RsaParams) -> dict:
     return params.model_dump(exclude_none=True, exclude_defaults=True) | {
         # always explicit, so the server's defaults cannot change the configuration
         k: getattr(params, k)
-        for k in ("population", "k", "rounds", "tail_tokens", "trace_max_tokens", "selection", "temperature")
+        for k in ("population", "k", "rounds", "tail_tokens", "trace_max_tokens", "selection", "temperature",
+                  "aggregation_prompt")
     }
 
 

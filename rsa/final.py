@@ -99,7 +99,7 @@ class FinalAnswer:
             by_index = {n.index: n for n in pool}
             self.parents = s.plan.final_subset(list(by_index))
             tails = [by_index[i].tail for i in self.parents]
-            messages = aggregation_messages(s.messages, tails)  # type: ignore[arg-type]
+            messages = aggregation_messages(s.messages, tails, s.params.aggregation_prompt)  # type: ignore[arg-type]
             prompt_ids = s.tokenizer.apply_chat_template(messages)
         else:
             self.parents = []

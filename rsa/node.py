@@ -110,7 +110,7 @@ class Node:
             self.state, self.error = NodeState.FAILED, record.error or "failed before a restart"
         else:
             self.state = NodeState.FINISHED
-            self.tail = Tail(record.tail_text, record.tail_tokens, record.cut)
+            self.tail = Tail(record.tail_text, record.tail_tokens, record.cut, record.answer)
             self.answer = record.answer
 
     def record(self) -> NodeRecord:

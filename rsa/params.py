@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Selection = Literal["aggregate", "majority", "auto"]
+AggregationPrompt = Literal["annotated", "bare"]
 Schedule = Literal["dataflow", "rounds"]
 
 
@@ -54,6 +55,11 @@ class RsaParams(BaseModel):
     )
     deadline_s: float | None = Field(None, gt=0, description="wall-clock limit for new launches.")
     selection: Selection = "auto"
+    aggregation_prompt: AggregationPrompt = Field(
+        "annotated",
+        description="annotated: each candidate is headed by its final answer, or marked unfinished; "
+        "bare: the candidates' text only.",
+    )
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     final_temperature: float = Field(0.6, ge=0, le=2)

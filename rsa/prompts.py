@@ -4,6 +4,11 @@ An aggregation prompt is the request's own conversation with the last user messa
 the instruction, the problem (that user message), K candidate tails under numbered separators,
 and a closing request for one improved solution. Earlier messages (system prompt, previous
 turns) are kept, so a run answers in the same conversation the client sent.
+
+Annotated prompts (the default) head each candidate with what it concluded, ``(its final
+answer: 18)``, or ``(unfinished: it stops before a final answer)`` for a trace that ran out of
+tokens; the instruction then asks to continue unfinished work. Small models otherwise lose
+track of which candidate said what, and treat a trace cut mid-calculation like a finished one.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mrsa.engine.base import Tokenizer
-from mrsa.rsa.params import RsaParams
+from mrsa.rsa.params import AggregationPrompt, RsaParams
 from mrsa.rsa.tails import Tail
 
 AGGREGATE_INSTRUCTION = (
@@ -32,7 +37,21 @@ REFINE_CLOSING = (
     "Review the candidate solution carefully, fix any mistakes, and give an improved, complete "
     "solution to the problem. End with the final answer in \\boxed{}."
 )
+ANNOTATED_INSTRUCTION = (
+    "You are given a problem and several candidate solutions. Some of them may be wrong, and "
+    "some are unfinished. Check their steps and aggregate the useful ideas into one improved "
+    "solution. If the candidates disagree, work out which reasoning path is correct and follow "
+    "it; continue unfinished work where it is right; if all of them are wrong, try a different "
+    "strategy. End with the final answer in \\boxed{}."
+)
+ANNOTATED_REFINE = (
+    "Here is a problem and a candidate solution to it. The candidate may contain mistakes, or "
+    "stop before its end."
+)
 CUT_MARKER = "..."
+# An answer in a candidate's heading is cut to this many characters (a trace's "answer" can be
+# a sentence); check_context measures headings at this length.
+ANSWER_LABEL_CHARS = 40
 # Tokens allowed per candidate beyond its tail: re-encoding a decoded tail inside a larger
 # prompt can merge or split a token or two at its edges.
 CANDIDATE_SLACK = 8
@@ -74,32 +93,45 @@ def _candidate(tail: Tail) -> str:
     return CUT_MARKER + tail.text if tail.cut else tail.text
 
 
-def aggregation_text(problem: str, candidates: Sequence[Tail]) -> str:
+def _label(tail: Tail, style: AggregationPrompt) -> str:
+    """`` (its final answer: 18)`` / `` (unfinished: ...)`` for annotated prompts, else ""."""
+    if style == "bare":
+        return ""
+    if tail.answer is None:
+        return " (unfinished: it stops before a final answer)"
+    answer = " ".join(tail.answer.split())
+    if len(answer) > ANSWER_LABEL_CHARS:
+        answer = answer[: ANSWER_LABEL_CHARS - 3] + "..."
+    return f" (its final answer: {answer})"
+
+
+def aggregation_text(problem: str, candidates: Sequence[Tail], style: AggregationPrompt = "annotated") -> str:
     """The user turn of an aggregation prompt (K >= 2) or a refine prompt (K == 1)."""
     if not candidates:
         raise ValueError("an aggregation prompt needs at least one candidate")
+    annotated = style == "annotated"
     if len(candidates) == 1:
         return (
-            f"{REFINE_INSTRUCTION}\n\nProblem:\n{problem}\n\n"
-            f"--- Candidate solution ---\n{_candidate(candidates[0])}\n"
+            f"{ANNOTATED_REFINE if annotated else REFINE_INSTRUCTION}\n\nProblem:\n{problem}\n\n"
+            f"--- Candidate solution{_label(candidates[0], style)} ---\n{_candidate(candidates[0])}\n"
             f"--- End of candidate solution ---\n\n{REFINE_CLOSING}"
         )
     blocks = "\n".join(
-        f"--- Candidate {n} ---\n{_candidate(tail)}" for n, tail in enumerate(candidates, 1)
+        f"--- Candidate {n}{_label(tail, style)} ---\n{_candidate(tail)}" for n, tail in enumerate(candidates, 1)
     )
     return (
-        f"{AGGREGATE_INSTRUCTION}\n\nProblem:\n{problem}\n\n{blocks}\n"
+        f"{ANNOTATED_INSTRUCTION if annotated else AGGREGATE_INSTRUCTION}\n\nProblem:\n{problem}\n\n{blocks}\n"
         f"--- End of candidates ---\n\n{AGGREGATE_CLOSING}"
     )
 
 
 def aggregation_messages(
-    messages: Sequence[dict[str, str]], candidates: Sequence[Tail]
+    messages: Sequence[dict[str, str]], candidates: Sequence[Tail], style: AggregationPrompt = "annotated"
 ) -> list[dict[str, str]]:
     """The request's conversation with its last user message turned into an aggregation."""
     pos = last_user_index(messages)
     out = [dict(m) for m in messages]
-    out[pos]["content"] = aggregation_text(messages[pos]["content"], candidates)
+    out[pos]["content"] = aggregation_text(messages[pos]["content"], candidates, style)
     return out
 
 
@@ -136,8 +168,9 @@ def check_context(
     )
     if generation == 0:
         return ContextNeeds(prompt_tokens, 0, plain)
-    empty = [Tail(text="", num_tokens=0, cut=True)] * params.k
-    overhead = len(tokenizer.apply_chat_template(aggregation_messages(messages, empty)))
+    # Empty candidates under their longest possible heading (an answer label at full length).
+    empty = [Tail(text="", num_tokens=0, cut=True, answer="9" * ANSWER_LABEL_CHARS)] * params.k
+    overhead = len(tokenizer.apply_chat_template(aggregation_messages(messages, empty, params.aggregation_prompt)))
     per_candidate = min(params.tail_tokens, params.trace_max_tokens) + CANDIDATE_SLACK
     aggregation_prompt = overhead + params.k * per_candidate
     required = aggregation_prompt + generation

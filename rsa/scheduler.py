@@ -125,7 +125,8 @@ class Scheduler:
         previous = self.rounds[node.round - 1]
         tails = [previous[p].tail for p in node.parents]
         assert all(t is not None for t in tails)
-        return self.tokenizer.apply_chat_template(aggregation_messages(self.messages, tails))  # type: ignore[arg-type]
+        messages = aggregation_messages(self.messages, tails, self.params.aggregation_prompt)  # type: ignore[arg-type]
+        return self.tokenizer.apply_chat_template(messages)
 
     def launch_ready(self) -> None:
         """Launch every ready node the budget can fund, earliest round first."""
@@ -211,7 +212,7 @@ class Scheduler:
             node.abort()
         else:
             tail = take_tail(completion.token_ids, completion.text, self.tokenizer, self.params.tail_tokens)
-            node.finish(tail, extract_answer(completion.text))
+            node.finish(tail, tail.answer)
         self.events.append(
             NodeFinished(
                 round=node.round,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mrsa.engine.base import Tokenizer
+from mrsa.rsa.answers import extract_answer
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -19,11 +20,14 @@ THINK_CLOSE = "</think>"
 @dataclass(frozen=True)
 class Tail:
     """The last ``num_tokens`` tokens of a trace, decoded. ``cut`` when the trace (or its
-    reasoning section) was longer, so prompts can mark the candidate as truncated."""
+    reasoning section) was longer, so prompts can mark the candidate as truncated; ``answer``
+    is the final answer the whole trace reached (None: it stopped before one), so prompts can
+    say which candidates finished and what they concluded."""
 
     text: str
     num_tokens: int
     cut: bool
+    answer: str | None = None
 
 
 def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int) -> Tail:
@@ -43,4 +47,4 @@ def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: in
     else:
         ids = list(token_ids)
     kept = ids[-tau:]
-    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau)
+    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau, answer=extract_answer(text))

@@ -24,7 +24,7 @@ CHAT = [
 
 def test_aggregation_keeps_earlier_messages_and_replaces_the_last_user_turn() -> None:
     tails = [Tail("first idea", 2, cut=False), Tail("second idea", 2, cut=True)]
-    out = aggregation_messages(CHAT, tails)
+    out = aggregation_messages(CHAT, tails, "bare")
     assert out[:3] == CHAT[:3] and out[3]["role"] == "user"
     text = out[3]["content"]
     assert "And 6*7?" in text and "What is 1+1?" not in text
@@ -36,8 +36,31 @@ def test_aggregation_keeps_earlier_messages_and_replaces_the_last_user_turn() ->
     assert CHAT[3]["content"] == "And 6*7?"  # the request is not mutated
 
 
+def test_annotated_candidates_say_what_they_concluded_or_that_they_stopped() -> None:
+    tails = [Tail("so x = 1, \\boxed{1}", 6, cut=False, answer="1"), Tail("first, x + 1", 4, cut=True),
+             Tail("long", 1, cut=False, answer="the answer is a whole sentence that goes on and on and on")]
+    text = aggregation_text("Solve x+1=2.", tails)
+    assert "--- Candidate 1 (its final answer: 1) ---\nso x = 1" in text
+    assert "--- Candidate 2 (unfinished: it stops before a final answer) ---\n...first, x + 1" in text
+    assert "(its final answer: the answer is a whole sentence that g...)" in text  # cut to 40 chars
+    assert "continue unfinished work" in text and text.rstrip().endswith("\\boxed{}.")
+    assert aggregation_text("Solve x+1=2.", tails, "bare").count("final answer:") == 0
+    single = aggregation_text("Solve x+1=2.", tails[1:2])
+    assert "--- Candidate solution (unfinished: it stops before a final answer) ---" in single
+
+
+def test_the_context_check_covers_the_longest_headings() -> None:
+    tok = FakeTokenizer()
+    params = RsaParams(population=3, k=3, rounds=2, tail_tokens=40, trace_max_tokens=40)
+    needs = check_context(tok, 10_000, CHAT, params)
+    long_answer = "9" * 200  # headings cut it to 40 characters
+    tails = [Tail(" ".join(["w"] * 20), 40, cut=True, answer=long_answer) for _ in range(3)]
+    prompt = tok.apply_chat_template(aggregation_messages(CHAT, tails))
+    assert len(prompt) <= needs.aggregation_prompt_tokens
+
+
 def test_single_candidate_uses_refine_wording() -> None:
-    text = aggregation_text("Solve x+1=2.", [Tail("x is 1", 3, cut=False)])
+    text = aggregation_text("Solve x+1=2.", [Tail("x is 1", 3, cut=False)], "bare")
     assert "candidate solution" in text and "fix any mistakes" in text
     assert "several candidate" not in text and "Candidate 1" not in text
     assert "x is 1" in text and not text.count("...x is 1")

@@ -119,7 +119,8 @@ async def test_aggregation_prompts_hold_the_parents_tails_in_plan_order() -> Non
             for n, p in enumerate(plan.parents(r, i), 1):
                 parent = records[(r - 1, p)]
                 assert parent.cut and parent.tail_tokens == 10
-                block = f"--- Candidate {n} ---\n...{parent.tail_text}\n"
+                label = f"its final answer: {parent.answer}" if parent.answer else "unfinished: it stops before a final answer"
+                block = f"--- Candidate {n} ({label}) ---\n...{parent.tail_text}\n"
                 assert block in prompt
                 positions.append(prompt.index(block))
             assert positions == sorted(positions)
