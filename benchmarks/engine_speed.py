@@ -1,8 +1,9 @@
 """``mrsa bench engine``: decode throughput of the embedded engine, per dtype and CPU reserve.
 
 Each measurement runs in its own process, because what it varies is read when vLLM starts its
-engine core: ``--dtype`` and, on CPU hosts, ``VLLM_CPU_NUM_OF_RESERVED_CPU`` (vLLM keeps one
-core for the front end unless told otherwise). A measurement starts the engine, warms it up,
+engine core: ``--dtype`` and, on CPU hosts, the cores kept for the front end (the engine's
+``cpu_reserved_cores``, which sets ``VLLM_CPU_NUM_OF_RESERVED_CPU``; vLLM's own default on x86
+is 1). A measurement starts the engine, warms it up,
 then sends ``batch`` concurrent requests of ``--prompt-tokens`` distinct prompt tokens, first
 for one new token (the prefill rate), then for ``1 + --tokens`` (``ignore_eos``): the extra
 time is the decode, reported as generated tokens per second at that batch size.
@@ -28,12 +29,13 @@ from rich.table import Table
 RESULTS = Path(__file__).parent / "results"
 
 
-async def _measure(model: str | None, dtype: str, batches: list[int], tokens: int, prompt_tokens: int) -> dict:
+async def _measure(model: str | None, dtype: str, reserve: int, batches: list[int], tokens: int,
+                   prompt_tokens: int) -> dict:
     from mrsa.engine import create_engine
     from mrsa.engine.base import Completion, SamplingParams
     from mrsa.engine.config import EngineConfig
 
-    async with create_engine(EngineConfig(model=model, dtype=dtype, max_model_len=4096)) as engine:
+    async with create_engine(EngineConfig(model=model, dtype=dtype, cpu_reserved_cores=reserve)) as engine:
         async def one(i: int, n: int) -> Completion:
             done = Completion()
             params = SamplingParams(max_tokens=n, temperature=1.0, seed=i, ignore_eos=True)
@@ -64,7 +66,8 @@ async def _measure(model: str | None, dtype: str, batches: list[int], tokens: in
 
 
 def _one(args: argparse.Namespace) -> int:
-    result = asyncio.run(_measure(args.model, args.dtype[0], args.batch, args.tokens, args.prompt_tokens))
+    result = asyncio.run(_measure(args.model, args.dtype[0], args.reserve[0], args.batch, args.tokens,
+                                  args.prompt_tokens))
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint or built-in model name (default: the default model)")
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--reserve", nargs="+", default=["default", "0"],
-                        help="VLLM_CPU_NUM_OF_RESERVED_CPU values; 'default' leaves it unset")
+    parser.add_argument("--reserve", nargs="+", type=int, default=[1, 0],
+                        help="cores kept for the front end (1: vLLM's own default on x86)")
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -99,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "runs": []}
     for dtype, reserve in itertools.product(args.dtype, args.reserve):
         env = dict(os.environ)
-        env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)
-        if reserve != "default":
-            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = reserve
-        cmd = [sys.executable, "-m", "benchmarks.engine_speed", "--one", "--dtype", dtype,
+        cmd = [sys.executable, "-m", "benchmarks.engine_speed", "--one", "--dtype", dtype, "--reserve", str(reserve),
                "--batch", *map(str, args.batch), "--tokens", str(args.tokens),
                "--prompt-tokens", str(args.prompt_tokens), *(["--model", args.model] if args.model else [])]
         console.print(f"dtype={dtype} reserve={reserve} ...")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col)
     for run in results["runs"]:
         for row in run["rows"]:
-            table.add_row(run["model"], run["dtype"], run["reserve"], str(row["batch"]),
+            table.add_row(run["model"], run["dtype"], str(run["reserve"]), str(row["batch"]),
                           f"{row['prefill_tok_s']:.1f}", f"{row['decode_tok_s']:.1f}")
     console.print(table)
     RESULTS.mkdir(exist_ok=True)

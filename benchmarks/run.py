@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         help="p2: base URL of a vLLM server (repeat for more; p2 runs the first alone, then all)",
     )
     parser.add_argument("--model", help="default: the embedded default model")
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.35)
+    parser.add_argument("--max-model-len", type=int, help="default: the engine's")
+    parser.add_argument("--gpu-memory-utilization", type=float, help="default: the engine's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8765)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mrsa.engine.base import Engine
 from mrsa.engine.config import EngineConfig
 
 
-def create_engine(config: EngineConfig) -> Engine:
+def create_engine(config: EngineConfig, cache_dir: Path | str | None = None) -> Engine:
     """The remote-replica engine when ``config.upstreams`` is set, else the embedded vLLM
-    engine (vLLM is imported only then, lazily)."""
+    engine (vLLM is imported only then, lazily). ``cache_dir``: where built-in models are
+    provisioned (default ``~/.cache/markovian-rsa``)."""
     if config.upstreams:
         from mrsa.engine.remote import RemoteEngine
 
         return RemoteEngine(config)
     from mrsa.engine.local import LocalEngine
 
-    return LocalEngine(config)
+    return LocalEngine(config, cache_dir)

@@ -66,6 +66,9 @@ class Engine(Protocol):
     """What the algorithm and the HTTP service need from a model server."""
 
     model_name: str
+    """The name the engine reports (``/v1/models``, responses): ``served_names[0]``."""
+    served_names: list[str]
+    """Every name a request may use in ``model``."""
     tokenizer: Tokenizer
     max_model_len: int
 

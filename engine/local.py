@@ -20,7 +20,7 @@ from mrsa.engine.tokenizer import HFTokenizer
 log = logging.getLogger(__name__)
 
 
-def resolve_model(config: EngineConfig) -> tuple[str, str]:
+def resolve_model(config: EngineConfig, cache_dir: Path | str | None = None) -> tuple[str, str]:
     """The checkpoint to load and the name to serve it under.
 
     Unset: the provisioned default model. A built-in model's name (``Qwen2.5-Coder-0.5B-Instruct``)
@@ -31,7 +31,7 @@ def resolve_model(config: EngineConfig) -> tuple[str, str]:
 
     packaged = lookup(config.model or DEFAULT_MODEL)
     if packaged is not None and not (config.model and Path(config.model).exists()):
-        return str(ensure_model(packaged, config.cache_dir)), packaged.name
+        return str(ensure_model(packaged, cache_dir)), packaged.name
     assert config.model is not None
     return config.model, config.model
 
@@ -48,26 +48,36 @@ def cpu_has_native_bf16() -> bool:
 class LocalEngine(AsyncCloseable):
     """vLLM ``AsyncLLM`` implementing :class:`engine.base.Engine`."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, cache_dir: Path | str | None = None) -> None:
         from vllm import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        model, name = resolve_model(config)
-        self.model_name = config.served_model_name or name
+        model, name = resolve_model(config, cache_dir)
+        self.served_names = list(config.served_model_name or [name])
+        self.model_name = self.served_names[0]
         dtype = config.dtype
+        cpu = current_platform.is_cpu()
+        # Defaults follow the device: a CPU host wants a small context, a modest share of
+        # memory and no graph capture (seconds to start); a GPU the model's own context, 0.9
+        # of its memory and CUDA graphs. Explicit settings win on either.
+        max_model_len = config.max_model_len or (4096 if cpu else None)
+        memory = config.gpu_memory_utilization or (0.35 if cpu else 0.9)
+        eager = config.enforce_eager if config.enforce_eager is not None else cpu
         scheduling: dict = {}
-        if current_platform.is_cpu():
+        if cpu:
             # After a partial (chunked) prefill vLLM rewinds the request's seeded generator,
             # which a CPU generator cannot do ("CPU Generator does not use offset"): the engine
             # died as soon as concurrent seeded prompts overflowed one step's token budget, and
             # every RSA trace is seeded. Whole prompts only, as vLLM itself does for MLA on CPU.
             scheduling = {
                 "enable_chunked_prefill": False,
-                "max_num_batched_tokens": max(config.max_model_len or 8192, 2048),
+                "max_num_batched_tokens": max(max_model_len or 8192, 2048),
             }
-            # Read by the engine-core process when it sizes the KV cache.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_space_gib:g}")
+            # Read by the engine-core process: the KV cache size, and how many cores it leaves
+            # to the front end (vLLM keeps one by default; on 2 cores that halves the engine).
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
+            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.cpu_reserved_cores)
             if dtype == "auto" and not cpu_has_native_bf16():
                 # vLLM's "auto" downcasts fp32 checkpoints to bf16 on the CPU; without bf16
                 # instructions that is emulated (measured 4x slower on an AVX2 host).
@@ -78,12 +88,12 @@ class LocalEngine(AsyncCloseable):
             os.environ["TRITON_INTERPRET"] = "1"
         args = AsyncEngineArgs(
             model=model,
-            served_model_name=[self.model_name],
+            served_model_name=self.served_names,
             dtype=dtype,
-            max_model_len=config.max_model_len,
-            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=memory,
             max_num_seqs=config.max_num_seqs,
-            enforce_eager=config.enforce_eager,
+            enforce_eager=eager,
             seed=config.seed,
             disable_log_stats=True,
             **scheduling,

@@ -8,6 +8,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DEFAULT_CONFIGS = ["single", "majority:n=8", "rsa:n=4,k=2,t=2"]
@@ -31,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset and every run")
     p.add_argument("--concurrency", type=int, default=4, help="problems in flight at once (each runs all its configurations)")
-    p.add_argument("--max-model-len", type=int, default=4096, help="embedded engine context")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="embedded engine")
-    p.add_argument("--dtype", default="auto", help="embedded engine dtype")
+    p.add_argument("--max-model-len", type=int, help="embedded engine context (default: the engine's)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="embedded engine (default: the engine's)")
+    p.add_argument("--dtype", help="embedded engine dtype (default: the engine's)")
     p.add_argument("--out", help=f"output folder for results.json and plot.png (default: {RESULTS}/eval-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue --out's results.json: keep its finished runs, run the rest (slices)")
@@ -53,7 +54,7 @@ def _problems(args: argparse.Namespace) -> list:
 
 
 async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path,
-               previous: dict | None) -> dict:
+               previous: dict | None, engine: Any, cache_dir: Path | None) -> dict:
     from mrsa.evals.backends import EngineBackend, HttpBackend
     from mrsa.evals.runner import evaluate
 
@@ -69,11 +70,10 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
     from mrsa.engine import create_engine
     from mrsa.engine.config import EngineConfig
 
-    config = EngineConfig(
-        model=args.model, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-        dtype=args.dtype,
-    )
-    async with create_engine(config) as engine:
+    flags = {"model": args.model, "max_model_len": args.max_model_len,
+             "gpu_memory_utilization": args.gpu_memory_utilization, "dtype": args.dtype}
+    config = (engine or EngineConfig()).model_copy(update={k: v for k, v in flags.items() if v is not None})
+    async with create_engine(config, cache_dir) as engine:
         memo = MemoEngine(engine, Path(args.memo) if args.memo else None)
         backend = EngineBackend(memo, keep_traces=args.keep_traces)
         return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
@@ -98,7 +98,9 @@ def _save(out: Path, results: dict) -> None:
         path.write_text(json.dumps(old, default=str))
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = None) -> int:
+    """``mrsa eval``; ``engine`` (an EngineConfig) and ``cache_dir``: the server's settings,
+    which the flags override."""
     from rich.console import Console
 
     from mrsa.evals.report.plot import plot
@@ -121,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
     t0 = time.perf_counter()
-    results = asyncio.run(_run(args, configs, problems, meta, out, previous))
+    results = asyncio.run(_run(args, configs, problems, meta, out, previous, engine, cache_dir))
     results["meta"]["wall_s"] = (previous or {}).get("meta", {}).get("wall_s", 0.0) + time.perf_counter() - t0
     _save(out, results)
     plot(results, out / "plot.png")

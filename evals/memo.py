@@ -36,6 +36,7 @@ class MemoEngine(AsyncCloseable):
     def __init__(self, engine: Engine, path: Path | None = None) -> None:
         self.engine = engine
         self.model_name = engine.model_name
+        self.served_names = engine.served_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self._done: dict[str, Completion] = {}

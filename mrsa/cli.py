@@ -65,10 +65,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    from mrsa.engine.provision import ensure_model
+    from mrsa.engine.provision import CATALOG, ensure_model, lookup
+    from mrsa.service.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_model(args.model, args.cache_dir))
+    settings = Settings(**({"cache_dir": args.cache_dir} if args.cache_dir else {}))
+    name = args.model or settings.engine.model
+    if name and lookup(name) is None:
+        raise SystemExit(f"mrsa provision: {name!r} is not a built-in model ({', '.join(CATALOG)})")
+    print(ensure_model(lookup(name) if name else None, settings.cache_dir))
     return 0
 
 
@@ -117,8 +122,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from mrsa.evals.cli import main as eval_main
+    from mrsa.service.settings import Settings
 
-    return eval_main(args)
+    settings = Settings()  # MRSA_ENGINE__* and MRSA_CACHE_DIR apply to the embedded engine too
+    return eval_main(args, settings.engine, settings.cache_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

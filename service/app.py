@@ -30,38 +30,42 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[EngineConfig], Engine]
 
 
-def default_engine_factory(config: EngineConfig) -> Engine:
-    from mrsa.engine import create_engine
-
-    return create_engine(config)
-
-
 def create_app(settings: Settings | None = None, engine_factory: EngineFactory | None = None) -> FastAPI:
     settings = settings or Settings()
+
+    def default_engine_factory(config: EngineConfig) -> Engine:
+        from mrsa.engine import create_engine
+
+        return create_engine(config, settings.cache_dir)
+
     factory = engine_factory or default_engine_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = factory(settings.engine)
-        app.state.engine = engine
-        metrics.track_in_flight(engine.num_in_flight)
-        log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
         limits = settings.admission
         app.state.plain_admission = Admission(
             "requests", limits.max_running_requests, limits.max_queued_requests, limits.retry_after_s
         )
         runs = RunManager(
-            engine,
             settings.store_path,
             Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s),
         )
+        runs.open()  # a store another server holds stops us here, before a model is loaded
         app.state.runs = runs
+        try:
+            engine = factory(settings.engine)
+        except BaseException:
+            await runs.close()
+            raise
+        app.state.engine = engine
+        metrics.track_in_flight(engine.num_in_flight)
+        log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
         for pool in (app.state.plain_admission, runs.admission):  # scraped, never stale
             metrics.track_admission(pool.what, lambda p=pool: p.queued, lambda p=pool: p.running)
-        resumed = await runs.start()
-        if resumed:
-            log.info("resumed %d background runs", resumed)
         try:
+            resumed = await runs.start(engine)
+            if resumed:
+                log.info("resumed %d background runs", resumed)
             yield
         finally:
             await runs.close()

@@ -32,9 +32,9 @@ def owner_of(request: Request) -> str:
 def served(model: str, request: Request) -> Engine:
     """The engine, once ``model`` is a name it serves (404 otherwise)."""
     engine = engine_of(request)
-    if model != engine.model_name:
+    if model not in engine.served_names:
         raise APIError(
-            f"The model `{model}` does not exist. Available: `{engine.model_name}`.",
+            f"The model `{model}` does not exist. Available: {', '.join(f'`{n}`' for n in engine.served_names)}.",
             status=404, param="model", code="model_not_found",
         )
     return engine

@@ -111,6 +111,7 @@ class FakeEngine(AsyncCloseable):
     script: Callable[[FakeRequest], str] | None = None  # overrides the whole output text
     error: Callable[[FakeRequest], BaseException | None] | None = None  # raised on submission
     model_name: str = "fake-model"
+    served_names: list[str] = field(default_factory=lambda: ["fake-model"])
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
     requests: list[FakeRequest] = field(default_factory=list)
     abort_calls: list[str] = field(default_factory=list)

@@ -5,7 +5,7 @@ service's default model), downloading and converting it on first use.
 """
 
 from mrsa.engine.provision.cache import (
-    CACHE_ENV_VAR,
+    DEFAULT_CACHE_ROOT,
     CHECKSUM_FILENAME,
     build_model,
     default_cache_root,
@@ -20,7 +20,7 @@ from mrsa.engine.provision.catalog import CATALOG, DEFAULT_MODEL, SMALL_MODEL, P
 from mrsa.engine.provision.fetch import sha256_file
 
 __all__ = [
-    "CACHE_ENV_VAR",
+    "DEFAULT_CACHE_ROOT",
     "CATALOG",
     "CHECKSUM_FILENAME",
     "DEFAULT_MODEL",

@@ -1,6 +1,7 @@
 """The provisioning cache: where models live, checksums that guard them, atomic rebuilds.
 
-Layout under the cache root (``$MRSA_CACHE_DIR``, else ``~/.cache/markovian-rsa``)::
+Layout under the cache root (the caller's, else ``~/.cache/markovian-rsa``; the service
+passes its ``cache_dir`` setting, ``MRSA_CACHE_DIR``)::
 
     gguf/<name>.gguf                  the joined, hash-checked GGUF (tests compare against it)
     models/<name>/                    the converted checkpoint
@@ -30,7 +31,6 @@ from mrsa.engine.provision.fetch import fetch_gguf, gguf_is_valid, remove_partia
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "MRSA_CACHE_DIR"
 DEFAULT_CACHE_ROOT = Path("~/.cache/markovian-rsa")
 CHECKSUM_FILENAME = "mrsa-checksum.json"
 # Bump when the conversion changes, so caches built by older code are rebuilt.
@@ -38,9 +38,8 @@ CONVERTER_VERSION = 2
 
 
 def default_cache_root() -> Path:
-    """The cache root: ``$MRSA_CACHE_DIR`` if set, else ``~/.cache/markovian-rsa``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else DEFAULT_CACHE_ROOT.expanduser()
+    """The cache root when the caller names none: ``~/.cache/markovian-rsa``."""
+    return DEFAULT_CACHE_ROOT.expanduser()
 
 
 def _root(cache_root: Path | str | None) -> Path:

@@ -46,7 +46,8 @@ class RemoteEngine(AsyncCloseable):
         model = startup.discover(self._pool, config.model, timeout)
         self.tokenizer = HFTokenizer(model)
         startup.verify_reachable(self._pool, self.tokenizer, timeout)
-        self.model_name = served_name(config, self._pool)
+        self.served_names = served_names(config, self._pool)
+        self.model_name = self.served_names[0]
         self.max_model_len: int = min(r.max_model_len for r in self._pool if r.verified)
         self._client = httpx.AsyncClient(
             timeout=timeout,
@@ -151,9 +152,10 @@ class RemoteEngine(AsyncCloseable):
             self._in_flight -= 1
 
 
-def served_name(config: EngineConfig, pool: ReplicaPool) -> str:
-    """The name clients use in ``model``: ``served_model_name``, else what the user passed as
-    the model (as the embedded engine and ``vllm serve`` do), else what the replicas serve
+def served_names(config: EngineConfig, pool: ReplicaPool) -> list[str]:
+    """The names clients may use in ``model``: ``served_model_name``, else what the user passed
+    as the model (as the embedded engine and ``vllm serve`` do), else what the replicas serve
     under (their ``/v1/models`` id)."""
-    name = config.served_model_name or config.model
-    return name or next(r.served_id for r in pool if r.served_id)
+    if config.served_model_name:
+        return list(config.served_model_name)
+    return [config.model or next(r.served_id for r in pool if r.served_id)]

@@ -19,5 +19,7 @@ async def health(request: Request) -> dict:
 @router.get("/v1/models")
 async def models(request: Request) -> ModelList:
     engine = engine_of(request)
-    card = ModelCard(id=engine.model_name, created=request.app.state.started, max_model_len=engine.max_model_len)
-    return ModelList(data=[card])
+    created = request.app.state.started
+    return ModelList(data=[
+        ModelCard(id=name, created=created, max_model_len=engine.max_model_len) for name in engine.served_names
+    ])

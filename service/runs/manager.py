@@ -56,8 +56,8 @@ def new_run_id() -> str:
 class RunManager:
     """Owns the background runs of one server: their tasks, the store and the run admission."""
 
-    def __init__(self, engine: Engine, store_path: Path | None, admission: Admission) -> None:
-        self.engine = engine
+    def __init__(self, store_path: Path | None, admission: Admission) -> None:
+        self.engine: Engine | None = None
         self._tmpdir: str | None = None
         if store_path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="mrsa-runs-")
@@ -78,9 +78,15 @@ class RunManager:
             log.info("run store: %s", self.store_path)
         return self._store
 
-    async def start(self) -> int:
-        """Open the store (taking its lock) and resume every run the last server left queued
-        or running; returns how many."""
+    def open(self) -> None:
+        """Open the store, taking its lock (:class:`StoreLocked` if another server holds it).
+        Done first at start-up, before an engine is loaded that would then go unused."""
+        self._open()
+
+    async def start(self, engine: Engine) -> int:
+        """Serve runs on ``engine``: resume every run the last server left queued or running;
+        returns how many."""
+        self.engine = engine
         store = self._open()
         runs = await store.unfinished()
         for run in runs:
@@ -227,6 +233,7 @@ class RunManager:
                     return  # cancelled while queued
                 self._notify(run_id)
                 if run is None:
+                    assert self.engine is not None, "start() gives the manager its engine"
                     run = RsaRun(self.engine, spec["messages"], RsaParams(**spec["params"]),
                                  run_id=f"{run_id}-a{attempt}", resume=records, elapsed_s=elapsed_s)
                 async with aclosing(run.events()) as events:

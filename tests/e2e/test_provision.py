@@ -124,14 +124,19 @@ def _flip_bytes(path: Path, offset: int, count: int = 16) -> None:
 # ------------------------------------------------------------------ cache and checksum
 
 
-def test_cache_location_follows_env_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(dm.CACHE_ENV_VAR, str(tmp_path))
-    assert dm.default_cache_root() == tmp_path
-    assert dm.model_dir(SMALL) == tmp_path / "models" / "SmolLM2-135M-Instruct"
-    assert dm.gguf_path(SMALL) == tmp_path / "gguf" / "SmolLM2-135M-Instruct.gguf"
-    assert dm.model_dir() == tmp_path / "models" / dm.DEFAULT_MODEL
-    monkeypatch.delenv(dm.CACHE_ENV_VAR)
+def test_cache_location_follows_the_cache_dir_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mrsa.cli import build_parser
+    from mrsa.service.settings import Settings
+
+    # One knob: MRSA_CACHE_DIR (or --cache-dir) through Settings; the library reads no variable.
+    monkeypatch.setenv("MRSA_CACHE_DIR", str(tmp_path))
+    assert Settings().cache_dir == tmp_path and Settings().default_store_path().parent == tmp_path
     assert dm.default_cache_root() == Path.home() / ".cache" / "markovian-rsa"
+    args = build_parser().parse_args(["provision", "--cache-dir", str(tmp_path / "flag")])
+    assert args.cache_dir == str(tmp_path / "flag")
+    assert dm.model_dir(SMALL, tmp_path) == tmp_path / "models" / "SmolLM2-135M-Instruct"
+    assert dm.gguf_path(SMALL, tmp_path) == tmp_path / "gguf" / "SmolLM2-135M-Instruct.gguf"
+    assert dm.model_dir(None, tmp_path) == tmp_path / "models" / dm.DEFAULT_MODEL
 
 
 def test_provisioned_folder_verifies(cache_root: Path, model_dir: Path, gguf_path: Path,
@@ -150,11 +155,10 @@ def test_provisioned_folder_verifies(cache_root: Path, model_dir: Path, gguf_pat
     assert config["tie_word_embeddings"] is True
     assert (config["bos_token_id"], config["eos_token_id"], config["vocab_size"]) == (1, 2, 49152)
 
-    # A verified cache is returned as is, also when found through MRSA_CACHE_DIR.
+    # A verified cache is returned as is.
     weights = model_dir / convert.WEIGHTS_FILENAME
     before = weights.stat().st_mtime_ns
-    monkeypatch.setenv(dm.CACHE_ENV_VAR, str(cache_root))
-    assert dm.ensure_model(SMALL.name) == model_dir
+    assert dm.ensure_model(SMALL.name, cache_root) == model_dir
     assert weights.stat().st_mtime_ns == before
 
 

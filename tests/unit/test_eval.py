@@ -229,7 +229,7 @@ def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.M
     from mrsa.cli import main
 
     problems = arithmetic(4, 1, seed=0)
-    monkeypatch.setattr(engine_pkg, "create_engine", lambda config: _coin_engine(problems))
+    monkeypatch.setattr(engine_pkg, "create_engine", lambda config, cache_dir=None: _coin_engine(problems))
     out = tmp_path / "run"
     rc = main(["eval", "--size", "4", "--config", "single", "--config", "rsa:n=2,k=2,t=2",
                "--tail-tokens", "16", "--trace-max-tokens", "64", "--out", str(out)])
