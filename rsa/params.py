@@ -42,11 +42,11 @@ class RsaParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    population: int = Field(16, ge=1, description="N: traces per round.")
-    k: int = Field(4, ge=1, description="K: tails per aggregation prompt (1 = refine).")
-    rounds: int = Field(4, ge=1, description="T: rounds, the first sampling round included.")
-    tail_tokens: int = Field(1024, ge=1, description="tau: tokens kept from each trace.")
-    trace_max_tokens: int = Field(1024, ge=1, description="max new tokens of one trace.")
+    population: int = Field(4, ge=1, description="N: traces per round.")
+    k: int = Field(2, ge=1, description="K: tails per aggregation prompt (1 = refine).")
+    rounds: int = Field(2, ge=1, description="T: rounds, the first sampling round included.")
+    tail_tokens: int = Field(256, ge=1, description="tau: tokens kept from each trace.")
+    trace_max_tokens: int = Field(448, ge=1, description="max new tokens of one trace.")
     final_max_tokens: int | None = Field(
         None, ge=1, description="max new tokens of the final answer (default trace_max_tokens)."
     )
@@ -60,7 +60,7 @@ class RsaParams(BaseModel):
         description="annotated: each candidate is headed by its final answer, or marked unfinished; "
         "bare: the candidates' text only.",
     )
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     final_temperature: float = Field(0.6, ge=0, le=2)
     final_top_p: float = Field(0.95, gt=0, le=1)

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
         A k the client did not send follows a small population (population 2 with the default
         k of 3 runs with k 2); only an explicit k larger than the population is an error."""
         values = {**self.rsa.model_dump(exclude={"seed"}), **overrides}
-        if "k" not in overrides:
-            values["k"] = min(values["k"], values.get("population", values["k"]))
+        population = values.get("population")
+        if "k" not in overrides and isinstance(population, int) and not isinstance(population, bool):
+            values["k"] = min(values["k"], population)  # a population of the wrong type: RsaParams says so
         return RsaParams(**values)

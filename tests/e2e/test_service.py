@@ -289,13 +289,13 @@ def _ask(server: Server, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_mrsa_ask_shows_progress_answer_and_usage(server: Server) -> None:
-    # population left to the server's default (8): the bars learn it from the first round
+    # population left to the server's default (4): the bars learn it from the first round
     out = _ask(server, "--k", "2", "--rounds", "2", "--tail-tokens", "16",
                "--trace-max-tokens", "24", "--selection", "aggregate", "--seed", "3")
     assert out.returncode == 0, out.stderr
-    assert "round 0" in out.stdout and "round 1" in out.stdout and "8/8" in out.stdout
+    assert "round 0" in out.stdout and "round 1" in out.stdout and "4/4" in out.stdout
     assert "final (aggregate)" in out.stdout
-    assert "'stop_reason': 'rounds'" in out.stdout and "'calls': 17" in out.stdout
+    assert "'stop_reason': 'rounds'" in out.stdout and "'calls': 9" in out.stdout
     assert "usage:" in out.stdout and "completion_tokens" in out.stdout
 
 
