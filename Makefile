@@ -1,4 +1,5 @@
 # Two entry points: `make serve` and `make test`. Both create and use .venv/.
+# `make serve` listens where Settings say: 127.0.0.1:8000 unless MRSA_HOST / MRSA_PORT.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ provision: $(STAMP)
 	$(BIN)/mrsa provision
 
 serve: $(STAMP)
-	$(BIN)/mrsa serve --host 127.0.0.1 --port 8000
+	$(BIN)/mrsa serve
 
 $(CHROMIUM):
 	$(SUDO) apt-get update

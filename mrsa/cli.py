@@ -33,7 +33,9 @@ def _settings_flags(parser: argparse.ArgumentParser) -> Any:
     from mrsa.service.settings import Settings
 
     return CliSettingsSource(Settings, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
-                             cli_shortcuts=SHORT_FLAGS, cli_prog_name="mrsa serve")
+                             # with kebab-case flags, pydantic-settings matches shortcut keys in kebab case
+                             cli_shortcuts={k.replace("_", "-"): v for k, v in SHORT_FLAGS.items()},
+                             cli_prog_name="mrsa serve")
 
 
 def settings_from(args: argparse.Namespace) -> Any:
@@ -94,7 +96,7 @@ def _ask(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    return ask(args.url, args.question, rsa, model=args.model)
+    return ask(args.url, args.question, rsa, model=args.model, api_key=args.api_key)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -121,11 +123,20 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import signal
+
     from mrsa.evals.cli import main as eval_main
     from mrsa.service.settings import Settings
 
+    # SIGTERM ends an evaluation as Ctrl-C does: asyncio cancels it, so the embedded engine is
+    # closed and its processes end with it (Python's default would exit and leave them running).
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     settings = Settings()  # MRSA_ENGINE__* and MRSA_CACHE_DIR apply to the embedded engine too
-    return eval_main(args, settings.engine, settings.cache_dir)
+    try:
+        return eval_main(args, settings.engine, settings.cache_dir)
+    except KeyboardInterrupt:
+        print("mrsa eval: interrupted; results.json holds the problems done so far", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:

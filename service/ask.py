@@ -24,14 +24,24 @@ def _chunks(source: EventSource) -> Iterator[dict]:
         yield sse.json()
 
 
-def _default_model(client: httpx.Client) -> str:
-    return client.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+def _error_line(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    return f"[red]{response.status_code}[/red] {message}"
 
 
-def ask(url: str, question: str, rsa: dict, *, model: str | None = None) -> int:
+def ask(url: str, question: str, rsa: dict, *, model: str | None = None, api_key: str | None = None) -> int:
     console = Console()
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(10.0, read=None)) as client:
-        model = model or _default_model(client)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(10.0, read=None)) as client:
+        if model is None:  # the server's first model, as the openai SDK examples do
+            listed = client.get("/v1/models")
+            if listed.status_code != 200:
+                console.print(_error_line(listed))
+                return 1
+            model = listed.json()["data"][0]["id"]
         body = {
             "model": model,
             "messages": [{"role": "user", "content": question}],
@@ -50,7 +60,7 @@ def ask(url: str, question: str, rsa: dict, *, model: str | None = None) -> int:
             response = source.response
             if response.status_code != 200:
                 response.read()
-                console.print(f"[red]{response.status_code}[/red] {response.json()['error']['message']}")
+                console.print(_error_line(response))
                 return 1
             with Live(Group(progress, answers, answer), console=console, refresh_per_second=8):
                 for chunk in _chunks(source):

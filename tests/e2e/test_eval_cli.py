@@ -43,3 +43,50 @@ def test_concurrent_seeded_prompts_over_one_steps_budget_keep_the_engine_alive(s
     )
     assert out.usage.prompt_tokens > 8 * 300 and out.model_extra["rsa"]["calls"] == 8
     assert server.in_flight() == 0
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Live processes of session ``sid`` (the eval was started in its own session)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+            found.append(stat.parent.name)
+    return found
+
+
+def test_sigterm_ends_an_embedded_eval_and_its_engine(tmp_path: Path) -> None:
+    """A terminated evaluation takes its engine processes with it."""
+    import os
+    import signal
+    import time
+
+    from mrsa.engine.provision import SMALL_MODEL
+
+    env = {**os.environ, "MRSA_ENGINE__MODEL": SMALL_MODEL, "MRSA_ENGINE__MAX_MODEL_LEN": "2048",
+           "MRSA_ENGINE__GPU_MEMORY_UTILIZATION": "0.15", "MRSA_ENGINE__CPU_KVCACHE_SPACE_GIB": "1"}
+    log = tmp_path / "eval.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mrsa", "eval", "--size", "50", "--config", "majority:n=8",
+         "--trace-max-tokens", "200", "--out", str(tmp_path / "eval")],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "init engine" not in log.read_text() and time.monotonic() < deadline:  # vLLM's "ready" line
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        assert len(_session_processes(proc.pid)) >= 3, "the engine never started"  # eval, core, worker
+        time.sleep(10)  # generating
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 130, log.read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while _session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _session_processes(proc.pid) == [], "engine processes outlived the eval"
+    finally:
+        if proc.poll() is None or _session_processes(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
