@@ -36,13 +36,35 @@ def resolve_model(config: EngineConfig, cache_dir: Path | str | None = None) -> 
     return config.model, config.model
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX): its ``/proc/cpuinfo``
+    flags (``cpuinfo``: that file's text, read when not given)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_defaults(config: EngineConfig, *, cpu: bool, native_bf16: bool) -> dict:
+    """The engine arguments that follow the device where ``config`` leaves them unset.
+
+    A CPU host wants a small context, a modest share of memory and no graph capture (seconds to
+    start); a GPU the model's own context, 0.9 of its memory and CUDA graphs. ``dtype="auto"``
+    on a CPU without bf16 instructions is float32: vLLM's own "auto" downcasts float32
+    checkpoints to bf16 there, which such a CPU emulates (measured 4x slower on an AVX2 host).
+    Explicit settings win on either device."""
+    dtype = config.dtype
+    if cpu and dtype == "auto" and not native_bf16:
+        dtype = "float32"
+    return {
+        "dtype": dtype,
+        "max_model_len": config.max_model_len or (4096 if cpu else None),
+        "gpu_memory_utilization": config.gpu_memory_utilization or (0.35 if cpu else 0.9),
+        "enforce_eager": config.enforce_eager if config.enforce_eager is not None else cpu,
+    }
 
 
 class LocalEngine(AsyncCloseable):
@@ -56,14 +78,9 @@ class LocalEngine(AsyncCloseable):
         model, name = resolve_model(config, cache_dir)
         self.served_names = list(config.served_model_name or [name])
         self.model_name = self.served_names[0]
-        dtype = config.dtype
         cpu = current_platform.is_cpu()
-        # Defaults follow the device: a CPU host wants a small context, a modest share of
-        # memory and no graph capture (seconds to start); a GPU the model's own context, 0.9
-        # of its memory and CUDA graphs. Explicit settings win on either.
-        max_model_len = config.max_model_len or (4096 if cpu else None)
-        memory = config.gpu_memory_utilization or (0.35 if cpu else 0.9)
-        eager = config.enforce_eager if config.enforce_eager is not None else cpu
+        device = device_defaults(config, cpu=cpu, native_bf16=cpu and cpu_has_native_bf16())
+        max_model_len = device["max_model_len"]
         scheduling: dict = {}
         if cpu:
             # After a partial (chunked) prefill vLLM rewinds the request's seeded generator,
@@ -78,10 +95,6 @@ class LocalEngine(AsyncCloseable):
             # to the front end (vLLM keeps one by default; on 2 cores that halves the engine).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.cpu_reserved_cores)
-            if dtype == "auto" and not cpu_has_native_bf16():
-                # vLLM's "auto" downcasts fp32 checkpoints to bf16 on the CPU; without bf16
-                # instructions that is emulated (measured 4x slower on an AVX2 host).
-                dtype = "float32"
         # Read by the ZAYA plugin in the engine's worker processes (engine/zaya/state.py).
         os.environ[CCA_OPS_ENV] = config.cca_ops
         if config.cca_ops == "triton" and not current_platform.is_cuda_alike():
@@ -89,11 +102,8 @@ class LocalEngine(AsyncCloseable):
         args = AsyncEngineArgs(
             model=model,
             served_model_name=self.served_names,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=memory,
+            **device,
             max_num_seqs=config.max_num_seqs,
-            enforce_eager=eager,
             seed=config.seed,
             disable_log_stats=True,
             **scheduling,
