@@ -27,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate] "
         f"(default: {' '.join(DEFAULT_CONFIGS)})",
     )
-    p.add_argument("--tail-tokens", type=int, default=64, help="tau of every config (rsa: tau= overrides)")
-    p.add_argument("--trace-max-tokens", type=int, default=256, help="max new tokens of one trace")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--tail-tokens", type=int, help="tau of every config (rsa: tau= overrides; default: the rsa default)")
+    p.add_argument("--trace-max-tokens", type=int, help="max new tokens of one trace (default: the rsa default)")
+    p.add_argument("--temperature", type=float, help="sampling temperature of traces (default: the rsa default)")
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset and every run")
     p.add_argument("--concurrency", type=int, default=4, help="problems in flight at once (each runs all its configurations)")
     p.add_argument("--max-model-len", type=int, help="embedded engine context (default: the engine's)")
@@ -107,7 +107,8 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     from mrsa.evals.report.table import comparisons_table, results_table
     from mrsa.evals.runner import parse_config
 
-    defaults = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
+    given = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
+    defaults = {k: v for k, v in given.items() if v is not None}  # the rest: RsaParams' defaults
     try:
         configs = [parse_config(s, defaults) for s in (args.configs or DEFAULT_CONFIGS)]
         problems = _problems(args)

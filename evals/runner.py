@@ -21,7 +21,7 @@ from mrsa.evals.backends import Backend, RunError
 from mrsa.evals.datasets import Problem
 from mrsa.evals.grading import is_correct
 from mrsa.evals.scoring import RoundScore, score_rounds, summarize
-from mrsa.evals.stats import paired
+from mrsa.evals.stats import paired, wilson_interval
 from mrsa.rsa import RsaParams
 
 _KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
@@ -134,6 +134,7 @@ def config_summary(config: EvalConfig, records: Sequence[RunRecord]) -> dict:
         "params": config.params.model_dump(exclude={"seed"}),
         "rounds": [asdict(m) for m in summary.rounds],
         "final_accuracy": summary.final_accuracy,
+        "final_interval": wilson_interval(sum(r.final_correct for r in ok), len(ok)),
         "tokens_mean": summary.tokens_mean,
         "tokens_total": sum(r.completion_tokens for r in ok),
         "errors": summary.errors,

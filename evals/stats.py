@@ -6,6 +6,7 @@ problem. For two configurations A and B with per-problem correctness a_i, b_i:
 - the difference of accuracies, mean(a - b);
 - its 95% confidence interval by the paired bootstrap (problems resampled with replacement,
   the pairs kept together; seeded, so a report is reproducible);
+- (per configuration) the Wilson interval of its accuracy;
 - McNemar's exact test: of the discordant problems (one right, the other wrong), how unlikely
   a split at least this lopsided is if neither configuration were better (two-sided binomial
   with p = 1/2).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from math import comb
+from math import comb, sqrt
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,17 @@ def bootstrap_ci(diffs: Sequence[int], *, resamples: int = 10_000, level: float 
     means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
     cut = (1 - level) / 2
     return means[int(cut * resamples)], means[min(resamples - 1, int((1 - cut) * resamples))]
+
+
+def wilson_interval(correct: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy of ``correct`` out of ``n`` (sound near 0 and 1
+    and for small n, where the normal approximation is not)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def paired(a_name: str, a: Sequence[bool], b_name: str, b: Sequence[bool], *, seed: int = 0) -> Paired:

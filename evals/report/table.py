@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from rich.table import Table
 
-_COLUMNS = ("config", "round", "pass@1", "majority", "pass@N", "tokens/problem", "final acc", "final tokens")
+_COLUMNS = ("config", "round", "pass@1", "majority", "pass@N", "tokens/problem", "final acc", "95% CI (Wilson)",
+            "final tokens")
+
+
+def _interval(config: dict) -> str:
+    low, high = config.get("final_interval") or (float("nan"), float("nan"))  # absent in older results
+    return f"[{low:.3f}, {high:.3f}]"
 
 
 def _rows(results: dict) -> list[list[str]]:
@@ -15,7 +21,8 @@ def _rows(results: dict) -> list[list[str]]:
             rows.append([
                 c["name"] if i == 0 else "", str(r["round"]), f"{r['pass1']:.3f}", f"{r['majority']:.3f}",
                 f"{r['pass_n']:.3f}", f"{r['tokens']:.0f}",
-                f"{c['final_accuracy']:.3f}" if last else "", f"{c['tokens_mean']:.0f}" if last else "",
+                f"{c['final_accuracy']:.3f}" if last else "", _interval(c) if last else "",
+                f"{c['tokens_mean']:.0f}" if last else "",
             ])
     return rows
 

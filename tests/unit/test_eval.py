@@ -399,3 +399,12 @@ async def test_memo_file_replays_completions_in_a_later_evaluation(tmp_path: Pat
     assert later_engine.requests == []  # every call replayed from the file
     strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
     assert strip(later["configs"][0]["runs"]) == strip(first["configs"][0]["runs"])
+
+
+def test_wilson_interval_brackets_the_accuracy_and_stays_in_range() -> None:
+    from mrsa.evals.stats import wilson_interval
+
+    low, high = wilson_interval(30, 100)
+    assert (round(low, 3), round(high, 3)) == (0.219, 0.396)  # the textbook values for 30 of 100
+    assert wilson_interval(0, 10)[0] == 0.0 and 0 < wilson_interval(0, 10)[1] < 0.35
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
