@@ -34,12 +34,10 @@ assert set(d.get('mrsa', [])) == {'markovian-rsa'}, d.get('mrsa'); \
 assert 'markovian-rsa' not in {x for k, v in d.items() if k != 'mrsa' for x in v}, d; \
 import transformers, vllm, mrsa.service.app, mrsa.rsa.params, mrsa.engine.config, mrsa.kernels"
 
-# Listen on every interface inside the container (the host decides what to publish).
-# CUDA graphs on (the embedded engine's default is eager, for fast CPU starts).
+# Listen on every interface inside the container (the host decides what to publish). The
+# engine's GPU defaults (0.9 of the memory, CUDA graphs) follow the device, as outside Docker.
 ENV MRSA_HOST=0.0.0.0 \
-    MRSA_PORT=8000 \
-    MRSA_ENGINE__GPU_MEMORY_UTILIZATION=0.9 \
-    MRSA_ENGINE__ENFORCE_EAGER=false
+    MRSA_PORT=8000
 EXPOSE 8000
 
 # /health answers once the engine is up (uvicorn accepts connections after the lifespan
