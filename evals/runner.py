@@ -170,6 +170,16 @@ def comparisons(results: dict, *, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _kept_records(configs: Sequence[EvalConfig], problems: Sequence[Problem],
+                  previous: dict | None) -> dict[str, list[RunRecord | None]]:
+    """Per configuration, the finished run of each problem that ``previous`` holds, else None."""
+    kept: dict[str, dict[str, RunRecord]] = {c.name: {} for c in configs}
+    for c in (previous or {}).get("configs", []):
+        if c["name"] in kept:
+            kept[c["name"]] = {r["problem"]: record_from_dict(r) for r in c["runs"] if r.get("error") is None}
+    return {c.name: [kept[c.name].get(p.id) for p in problems] for c in configs}
+
+
 async def evaluate(
     backend: Backend, configs: Sequence[EvalConfig], problems: Sequence[Problem], *, seed: int = 0,
     concurrency: int = 4, console: Console | None = None, meta: dict | None = None,
@@ -191,11 +201,7 @@ async def evaluate(
         TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[acc]}"),
         TimeElapsedColumn(), console=console or Console(stderr=True),
     )
-    kept: dict[str, dict[str, RunRecord]] = {c.name: {} for c in configs}
-    for c in (previous or {}).get("configs", []):
-        if c["name"] in kept:
-            kept[c["name"]] = {r["problem"]: record_from_dict(r) for r in c["runs"] if r.get("error") is None}
-    records: dict[str, list[RunRecord | None]] = {c.name: [kept[c.name].get(p.id) for p in problems] for c in configs}
+    records = _kept_records(configs, problems, previous)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     head = {"model": backend.model, "problems": len(problems), "seed": seed, "concurrency": concurrency,
             "date": (previous or {}).get("meta", {}).get("date", started), "updated": started, **(meta or {})}
