@@ -11,7 +11,7 @@ unknown ``rsa`` field) stops the server before it serves anything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,19 @@ class AdmissionSettings(BaseModel):
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 429.")
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+RsaEffort = Literal["low", "medium", "high", "xhigh"]
+
+# OpenAI's reasoning_effort as RSA work: each preset overrides these rsa fields of the server's
+# defaults ("medium" is the defaults themselves); "none" and "minimal" are plain generations.
+EFFORT_PRESETS: dict[str, dict[str, Any]] = {
+    "low": {"population": 2, "k": 2, "rounds": 2},
+    "medium": {},
+    "high": {"population": 8, "k": 2, "rounds": 3},
+    "xhigh": {"population": 16, "k": 4, "rounds": 4},
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MRSA_", env_nested_delimiter="__", extra="ignore"
@@ -45,6 +58,13 @@ class Settings(BaseSettings):
     engine: EngineConfig = EngineConfig()
     rsa: RsaParams = Field(
         RsaParams(), description="Server defaults of the request's rsa object (any field but seed)."
+    )
+    effort_presets: dict[RsaEffort, dict[str, Any]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in EFFORT_PRESETS.items()},
+        description="reasoning_effort low..xhigh as rsa fields over the server's rsa defaults.",
+    )
+    default_effort: Effort | None = Field(
+        None, description="The reasoning_effort of a request that sends none (unset: plain unless rsa)."
     )
     limits: RsaLimits = RsaLimits()
     admission: AdmissionSettings = AdmissionSettings()
@@ -67,7 +87,19 @@ class Settings(BaseSettings):
     def _no_server_seed(self) -> Settings:
         if self.rsa.seed is not None:
             raise ValueError("rsa.seed has no server default: a fixed seed would make every run the same")
+        for effort, preset in self.effort_presets.items():
+            if "seed" in preset:
+                raise ValueError(f"effort_presets.{effort}: a preset cannot fix the seed")
+            RsaParams(**{**self.rsa.model_dump(), **preset})  # an unknown or bad field stops the start
         return self
+
+    def rsa_object(self, rsa: dict | None, effort: str | None) -> dict | None:
+        """The rsa object of a request: its own fields over the preset of its reasoning_effort
+        (the server's default effort when it sends none); None for a plain generation."""
+        preset = self.effort_presets.get(effort or self.default_effort)  # none, minimal: no preset
+        if rsa is None and preset is None:
+            return None
+        return {**(preset or {}), **(rsa or {})}
 
     def default_store_path(self) -> Path:
         """Where ``mrsa serve`` keeps background runs unless ``store_path`` says otherwise."""

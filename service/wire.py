@@ -89,6 +89,10 @@ class ChatCompletionRequest(BaseModel):
     rsa: Annotated[dict[str, Any], WithJsonSchema(RSA_SCHEMA)] | None = Field(
         None, description="Markovian RSA parameters (see rsa.params.RsaParams); omit for plain."
     )
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="low..xhigh: an RSA run of the server's preset for that effort (fields of "
+        "rsa override it); none, minimal: a plain generation."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -179,6 +183,9 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "markovian-rsa"
     max_model_len: int
+    reasoning_efforts: list[str] = Field(
+        default_factory=list, description="reasoning_effort values this server runs as RSA presets."
+    )
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from mrsa.service.context import engine_of
+from mrsa.service.context import engine_of, settings_of
 from mrsa.service.wire import ModelCard, ModelList
 
 router = APIRouter()
@@ -20,6 +20,8 @@ async def health(request: Request) -> dict:
 async def models(request: Request) -> ModelList:
     engine = engine_of(request)
     created = request.app.state.started
+    efforts = list(settings_of(request).effort_presets)
     return ModelList(data=[
-        ModelCard(id=name, created=created, max_model_len=engine.max_model_len) for name in engine.served_names
+        ModelCard(id=name, created=created, max_model_len=engine.max_model_len, reasoning_efforts=efforts)
+        for name in engine.served_names
     ])

@@ -22,9 +22,11 @@ router = APIRouter()
 
 @router.post("/v1/rsa/runs", status_code=202, response_model=None)
 async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
-    """Start a background RSA run (the body of a chat completion; ``rsa`` defaults to {})."""
+    """Start a background RSA run (the body of a chat completion; without ``rsa`` the server's
+    defaults, or the preset of its ``reasoning_effort``)."""
     engine = served(body.model, request)
-    return await submit_run(body.model_copy(update={"rsa": body.rsa or {}}), request, engine)
+    rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort) or {}
+    return await submit_run(body.model_copy(update={"rsa": rsa}), request, engine)
 
 
 async def submit_run(body: ChatCompletionRequest, request: Request, engine: Engine) -> Response:
