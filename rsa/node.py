@@ -110,7 +110,8 @@ class Node:
             self.state, self.error = NodeState.FAILED, record.error or "failed before a restart"
         else:
             self.state = NodeState.FINISHED
-            self.tail = Tail(record.tail_text, record.tail_tokens, record.cut, record.answer)
+            self.tail = Tail(record.tail_text, record.tail_tokens, record.cut, record.answer,
+                             finished=record.finish_reason == "stop")
             self.answer = record.answer
 
     def record(self) -> NodeRecord:

@@ -94,9 +94,13 @@ def _candidate(tail: Tail) -> str:
 
 
 def _label(tail: Tail, style: AggregationPrompt) -> str:
-    """`` (its final answer: 18)`` / `` (unfinished: ...)`` for annotated prompts, else ""."""
+    """`` (its final answer: 18)`` / `` (unfinished: ...)`` / `` (no boxed answer)`` for
+    annotated prompts, else "". A trace that stopped by itself without a boxed answer ("7 + 5
+    equals 12.") is not called unfinished: the model would read that as wrong work."""
     if style == "bare":
         return ""
+    if tail.answer is None and tail.finished:
+        return " (complete, but without a boxed final answer)"
     if tail.answer is None:
         return " (unfinished: it stops before a final answer)"
     answer = " ".join(tail.answer.split())

@@ -211,7 +211,8 @@ class Scheduler:
         elif aborted or completion.finish_reason not in ("stop", "length"):
             node.abort()
         else:
-            tail = take_tail(completion.token_ids, completion.text, self.tokenizer, self.params.tail_tokens)
+            tail = take_tail(completion.token_ids, completion.text, self.tokenizer, self.params.tail_tokens,
+                             finished=completion.finish_reason == "stop")
             node.finish(tail, tail.answer)
         self.events.append(
             NodeFinished(

@@ -22,15 +22,17 @@ class Tail:
     """The last ``num_tokens`` tokens of a trace, decoded. ``cut`` when the trace (or its
     reasoning section) was longer, so prompts can mark the candidate as truncated; ``answer``
     is the final answer the whole trace reached (None: it stopped before one), so prompts can
-    say which candidates finished and what they concluded."""
+    say which candidates finished and what they concluded; ``finished`` tells a trace that
+    stopped without a final answer from one that ran out of tokens before it."""
 
     text: str
     num_tokens: int
     cut: bool
     answer: str | None = None
+    finished: bool = False  # the trace ended by itself (a stop), not at its max_tokens
 
 
-def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int) -> Tail:
+def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int, *, finished: bool = False) -> Tail:
     """The tail of one trace, given its output ids and text.
 
     When the text has a closing think tag the tail comes from the reasoning only (the text
@@ -47,4 +49,5 @@ def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: in
     else:
         ids = list(token_ids)
     kept = ids[-tau:]
-    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau, answer=extract_answer(text))
+    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau, answer=extract_answer(text),
+                finished=finished)

@@ -49,6 +49,22 @@ def test_annotated_candidates_say_what_they_concluded_or_that_they_stopped() -> 
     assert "--- Candidate solution (unfinished: it stops before a final answer) ---" in single
 
 
+def test_a_complete_trace_without_a_boxed_answer_is_not_called_unfinished() -> None:
+    tails = [Tail("7 + 5 equals 12.", 6, cut=False, finished=True), Tail("7 + 5 is", 4, cut=False)]
+    text = aggregation_text("What is 7 + 5?", tails)
+    assert "--- Candidate 1 (complete, but without a boxed final answer) ---\n7 + 5 equals 12." in text
+    assert "--- Candidate 2 (unfinished: it stops before a final answer) ---" in text
+
+
+def test_the_finish_of_a_trace_reaches_its_tail() -> None:
+    from mrsa.rsa.tails import take_tail
+
+    tok = FakeTokenizer()
+    ids = tok.encode("7 + 5 equals 12.")
+    assert take_tail(ids, "7 + 5 equals 12.", tok, 8, finished=True).finished
+    assert not take_tail(ids, "7 + 5 equals 12.", tok, 8).finished
+
+
 def test_the_context_check_covers_the_longest_headings() -> None:
     tok = FakeTokenizer()
     params = RsaParams(population=3, k=3, rounds=2, tail_tokens=40, trace_max_tokens=40)

@@ -223,3 +223,12 @@ async def test_a_run_is_iterated_once() -> None:
     await collect(rsa_run)
     with pytest.raises(RuntimeError):
         await collect(rsa_run)
+
+
+async def test_a_complete_trace_without_a_boxed_answer_is_labelled_so_in_the_next_round() -> None:
+    """"7 + 5 equals 12." stops by itself: the aggregation prompt must not call it unfinished."""
+    engine = FakeEngine(script=lambda req: "7 + 5 equals 12." if "-r0-" in req.request_id else "\\boxed{12}")
+    await run(engine, population=2, k=2, rounds=2, selection="majority")
+    aggregations = [r for r in engine.requests if "-r1-" in r.request_id]
+    assert aggregations and all("complete, but without a boxed final answer" in r.prompt for r in aggregations)
+    assert not any("unfinished" in r.prompt.split("Candidate 1", 1)[1] for r in aggregations)
