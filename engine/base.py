@@ -40,6 +40,7 @@ class GenerationDelta:
     finished: bool = False
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the engine's prefix cache (0: none or unknown)
 
 
 @runtime_checkable
@@ -132,12 +133,15 @@ class Completion:
     text: str = ""
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
 
     def add(self, delta: GenerationDelta) -> None:
         self.token_ids.extend(delta.token_ids)
         self.text += delta.text
         if delta.prompt_tokens:
             self.prompt_tokens = delta.prompt_tokens
+        if delta.cached_tokens:
+            self.cached_tokens = delta.cached_tokens
         if delta.finished:
             self.finish_reason = delta.finish_reason
 

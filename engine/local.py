@@ -142,6 +142,7 @@ class LocalEngine(AsyncCloseable):
                     finished=out.finished,
                     finish_reason=_finish_reason(choice.finish_reason) if out.finished else None,
                     prompt_tokens=len(out.prompt_token_ids or ()),
+                    cached_tokens=out.num_cached_tokens or 0,  # vLLM's prefix-cache hits
                 )
         except (ValueError, TypeError) as exc:  # vLLM's request validation
             raise EngineError(str(exc)) from exc

@@ -30,6 +30,7 @@ class NodeRecord:
     seed: int | None = None
     max_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the engine's prefix cache
     completion_tokens: int = 0
     finish_reason: str | None = None
     status: NodeStatus = "finished"
@@ -55,6 +56,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # completion tokens of every non-final call
+    cached_tokens: int = 0  # prompt tokens served from the engine's prefix cache
 
     @property
     def total_tokens(self) -> int:

@@ -138,6 +138,7 @@ class FinalAnswer:
             seed=call.sampling.seed,
             max_tokens=call.sampling.max_tokens,
             prompt_tokens=prompt_tokens,
+            cached_tokens=completion.cached_tokens,
             completion_tokens=len(completion.token_ids),
             finish_reason=self.finish_reason,
             status=status,  # type: ignore[arg-type]

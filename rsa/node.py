@@ -132,6 +132,7 @@ class Node:
             seed=self.seed,
             max_tokens=self.max_tokens,
             prompt_tokens=prompt_tokens,
+            cached_tokens=self.completion.cached_tokens,
             completion_tokens=len(self.completion.token_ids),
             finish_reason="error" if self.failed else self.completion.finish_reason or "abort",
             status=self.state.value,  # type: ignore[arg-type]

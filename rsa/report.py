@@ -28,6 +28,7 @@ def usage_of(trace: Sequence[NodeRecord]) -> Usage:
         prompt_tokens=sum(r.prompt_tokens for r in trace),
         completion_tokens=sum(r.completion_tokens for r in trace),
         reasoning_tokens=sum(r.completion_tokens for r in trace if r.kind != "final"),
+        cached_tokens=sum(r.cached_tokens for r in trace),
     )
 
 

@@ -157,6 +157,7 @@ class FakeEngine(AsyncCloseable):
         if self.error is not None and (exc := self.error(request)) is not None:
             raise exc
         output = self._output_ids(request)
+        cached = self.cached_prefix(request)
         delay = _knob(self.delay, request)
         self._in_flight.add(request_id)
         self.max_in_flight = max(self.max_in_flight, len(self._in_flight))
@@ -182,6 +183,7 @@ class FakeEngine(AsyncCloseable):
                     finished=finish is not None,
                     finish_reason=finish,
                     prompt_tokens=len(prompt_ids),
+                    cached_tokens=cached,
                 )
         finally:
             self._in_flight.discard(request_id)
@@ -192,6 +194,22 @@ class FakeEngine(AsyncCloseable):
             request.finished_at = asyncio.get_running_loop().time()
 
     # ---------------------------------------------------------------- helpers for tests
+
+    CACHE_BLOCK = 16  # a prefix cache hits whole blocks, as vLLM's does
+
+    def cached_prefix(self, request: FakeRequest) -> int:
+        """Prompt tokens a prefix cache would serve: the longest whole-block prefix shared with
+        an earlier request (never the whole prompt: the last token is always computed)."""
+        best = 0
+        for earlier in self.requests[: request.order]:
+            shared = 0
+            for a, b in zip(earlier.prompt_ids, request.prompt_ids):
+                if a != b:
+                    break
+                shared += 1
+            best = max(best, shared)
+        best = min(best, len(request.prompt_ids) - 1)
+        return best - best % self.CACHE_BLOCK
 
     def natural_text(self, request: FakeRequest) -> str:
         """What ``request`` says when nothing cuts it (before EOS)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -161,6 +162,9 @@ class _Attempt:
         for choice in chunk.get("choices") or ():
             self._on_choice(choice)
         usage = chunk.get("usage")
+        cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached and self.final is not None:  # replicas started with --enable-prompt-tokens-details
+            self.final = dataclasses.replace(self.final, cached_tokens=int(cached))
         if usage and usage.get("prompt_tokens") not in (None, sent_prompt):
             log.warning(
                 "upstream %s counted %s prompt tokens, sent %d",

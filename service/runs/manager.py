@@ -147,7 +147,8 @@ class RunManager:
         elif stored.error is not None and "usage" in stored.error:
             usage = stored.error["usage"]
         else:
-            usage = usage_info(Usage(progress.prompt_tokens, progress.completion_tokens, progress.reasoning_tokens))
+            usage = usage_info(Usage(progress.prompt_tokens, progress.completion_tokens, progress.reasoning_tokens,
+                                     progress.cached_tokens))
         return RunObject(
             id=stored.id,
             created=int(stored.created),

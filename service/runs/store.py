@@ -107,6 +107,7 @@ class Progress:
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int
+    cached_tokens: int = 0
 
 
 def _dumps(value: Any) -> str:
@@ -260,10 +261,12 @@ class Store:
             row = self._db.execute(
                 "SELECT COUNT(*), "
                 "COALESCE(SUM(json_extract(record, '$.prompt_tokens')), 0), "
-                "COALESCE(SUM(json_extract(record, '$.completion_tokens')), 0) "
+                "COALESCE(SUM(json_extract(record, '$.completion_tokens')), 0), "
+                "COALESCE(SUM(json_extract(record, '$.cached_tokens')), 0) "  # absent in older records
                 "FROM nodes WHERE run_id = ?", (run_id,),
             ).fetchone()
-        return Progress(nodes=row[0], prompt_tokens=row[1], completion_tokens=row[2], reasoning_tokens=row[2])
+        return Progress(nodes=row[0], prompt_tokens=row[1], completion_tokens=row[2], reasoning_tokens=row[2],
+                        cached_tokens=row[3])
 
     def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
         with self._mutex:

@@ -107,6 +107,9 @@ def test_rsa_usage_and_calls_match_the_trace(server: Server, selection: str, fin
     assert out.usage.completion_tokens == sum(node["completion_tokens"] for node in trace)
     reasoning = sum(node["completion_tokens"] for node in trace if node["kind"] != "final")
     assert out.usage.completion_tokens_details.reasoning_tokens == reasoning
+    # vLLM's prefix-cache hits, call by call (how many depends on vLLM's scheduling)
+    cached = out.usage.prompt_tokens_details.cached_tokens
+    assert cached == sum(node["cached_tokens"] for node in trace) and 0 <= cached < out.usage.prompt_tokens
     assert all(node["completion_tokens"] <= rsa["trace_max_tokens"] for node in trace)
     # Aggregation nodes of round 1 were built from K tails of round 0.
     assert all(len(node["parents"]) == rsa["k"] for node in trace if node["round"] == 1 and node["kind"] == "trace")

@@ -80,3 +80,11 @@ async def test_models_lists_the_efforts_it_runs_as_rsa() -> None:
     async with serving(FakeEngine()) as http:
         (card,) = (await http.get("/v1/models")).json()["data"]
     assert card["reasoning_efforts"] == ["low", "medium", "high", "xhigh"]
+
+
+async def test_rsa_usage_reports_cached_prompt_tokens() -> None:
+    """usage.prompt_tokens_details.cached_tokens: the run's prefix-cache hits, as OpenAI bills them."""
+    async with serving(FakeEngine()) as http:
+        r = await http.post("/v1/chat/completions", json={**BODY, "rsa": {"population": 4, "rounds": 2, "seed": 1}})
+    usage = r.json()["usage"]
+    assert 0 < usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]

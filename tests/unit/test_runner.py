@@ -232,3 +232,14 @@ async def test_a_complete_trace_without_a_boxed_answer_is_labelled_so_in_the_nex
     aggregations = [r for r in engine.requests if "-r1-" in r.request_id]
     assert aggregations and all("complete, but without a boxed final answer" in r.prompt for r in aggregations)
     assert not any("unfinished" in r.prompt.split("Candidate 1", 1)[1] for r in aggregations)
+
+
+async def test_usage_counts_the_prompt_tokens_the_prefix_cache_served() -> None:
+    """Every call after the first shares the conversation's prefix: the engine's cache hits,
+    summed over the run, are the usage's cached_tokens."""
+    engine = FakeEngine()
+    _, result = await run(engine, population=4, k=2, rounds=2, selection="aggregate")
+    per_call = [engine.cached_prefix(r) for r in engine.requests]
+    assert result.usage.cached_tokens == sum(per_call) == sum(n.cached_tokens for n in result.trace)
+    assert per_call[0] == 0 and all(c > 0 for c in per_call[1:4])  # round 0 repeats one prompt
+    assert result.usage.cached_tokens < result.usage.prompt_tokens

@@ -78,7 +78,11 @@ async def test_background_run_gives_the_same_result_as_a_direct_one() -> None:
         run = await wait_status(http, created["id"], {"completed"})
     result = run["result"]
     assert result["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
-    assert result["usage"] == direct["usage"] == run["usage"]
+    assert result["usage"] == run["usage"]
+    # the background run re-reads the prompts the direct one computed: more prefix-cache hits
+    cached = result["usage"].pop("prompt_tokens_details")["cached_tokens"]
+    assert cached > direct["usage"].pop("prompt_tokens_details")["cached_tokens"]
+    assert result["usage"] == direct["usage"]
     assert run["progress"] == {"nodes_finished": 12, "nodes_total": 12, "rounds": 3, "attempts": 1}
 
 
@@ -148,7 +152,8 @@ async def test_a_restarted_server_resumes_from_checkpoints(tmp_path: Path) -> No
     assert len(second.requests) <= 13 - done  # only unfinished nodes and the final call are redone
     ref = reference["result"]
     assert run["result"]["choices"] == ref["choices"] and run["result"]["rsa"]["answers"] == ref["rsa"]["answers"]
-    assert run["usage"] == ref["usage"]  # includes what the first server generated
+    # includes what the first server generated (prefix-cache hits depend on each server's history)
+    assert {**run["usage"], "prompt_tokens_details": None} == {**ref["usage"], "prompt_tokens_details": None}
 
 
 def test_a_store_file_is_owned_by_one_server(tmp_path: Path) -> None:

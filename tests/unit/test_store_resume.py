@@ -51,8 +51,13 @@ async def test_resumed_run_equals_the_uninterrupted_run(schedule: str, after: in
     assert not redone & {f"run-r{c.round}-i{c.index}" for c in records}  # nothing finished is redone
     assert len(engine.requests) == whole.calls - len(records)
     assert resumed.content == whole.content and resumed.answers == whole.answers
-    assert resumed.usage == whole.usage  # pre-interruption work included
-    assert [dataclasses.asdict(r) for r in resumed.trace] == [dataclasses.asdict(r) for r in whole.trace]
+    # Prefix-cache hits depend on what the engine ran before, not on the run: left out.
+    assert dataclasses.replace(resumed.usage, cached_tokens=0) == dataclasses.replace(whole.usage, cached_tokens=0)
+    assert [_uncached(r) for r in resumed.trace] == [_uncached(r) for r in whole.trace]
+
+
+def _uncached(record) -> dict:
+    return {k: v for k, v in dataclasses.asdict(record).items() if k != "cached_tokens"}
 
 
 async def test_restored_tokens_count_against_the_budget() -> None:
