@@ -130,6 +130,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     # SIGTERM ends an evaluation as Ctrl-C does: asyncio cancels it, so the embedded engine is
     # closed and its processes end with it (Python's default would exit and leave them running).
+    # A shell starts background jobs with SIGINT ignored, and asyncio only takes over a SIGINT
+    # left at Python's default: restore that first, or the relayed signal is dropped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     settings = Settings()  # MRSA_ENGINE__* and MRSA_CACHE_DIR apply to the embedded engine too
     try:

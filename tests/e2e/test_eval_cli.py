@@ -73,6 +73,8 @@ def test_sigterm_ends_an_embedded_eval_and_its_engine(tmp_path: Path) -> None:
         [sys.executable, "-m", "mrsa", "eval", "--size", "50", "--config", "majority:n=8",
          "--trace-max-tokens", "200", "--out", str(tmp_path / "eval")],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        # as a shell starts a background job (`mrsa eval ... &`): with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         deadline = time.monotonic() + 300
