@@ -45,7 +45,8 @@ def plot(results: dict, path: str | Path) -> Path:
         twin.bar([x + offset for x in rounds], [r["tokens"] for r in c["rounds"]], width=width,
                  color=color, alpha=0.15, edgecolor=color)
     meta = results["meta"]
-    ax.set_title(f"{meta.get('dataset', '')}: accuracy per round ({meta['model']}, {meta['problems']} problems)", fontsize=10)
+    done = meta.get("problems_done", meta["problems"])  # a slice of a longer measurement
+    ax.set_title(f"{meta.get('dataset', '')}: accuracy per round ({meta['model']}, {done} problems)", fontsize=10)
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_xticks(range(1, depth + 1))

@@ -1,0 +1,128 @@
+"""README says what the code does: its tables of defaults against the settings models, and
+every documented `mrsa eval` command against the context check it would meet."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mrsa.engine.config import EngineConfig
+from mrsa.engine.local import device_defaults
+from mrsa.evals.cli import add_arguments
+from mrsa.evals.runner import parse_config
+from mrsa.rsa.params import RsaParams
+from mrsa.rsa.prompts import check_context
+from mrsa.service.settings import AdmissionSettings, Settings
+from tests.fakes import FakeTokenizer
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+CPU_MAX_MODEL_LEN = device_defaults(EngineConfig(), cpu=True, native_bf16=False)["max_model_len"]
+# A long competition problem: the documented commands must leave room for one.
+QUESTION = [{"role": "user", "content": " ".join(["word"] * 400)}]
+
+
+def _table(heading: str) -> dict[str, str]:
+    """The first and last column of the first table after ``heading``, backticks stripped."""
+    section = README.split(heading, 1)[1]
+    rows: dict[str, str] = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and not set(cells[0]) <= {"-"} and cells[0] not in ("field", "setting"):
+            rows[cells[0]] = cells[-1]
+    assert rows, f"no table under {heading!r}"
+    return rows
+
+
+def _shown(value: object) -> str:
+    return "none" if value is None else str(value).lower()
+
+
+def test_the_rsa_table_shows_the_defaults_of_rsa_params() -> None:
+    rows = _table("### The `rsa` object")
+    defaults = RsaParams()
+    checked = 0
+    for names, shown in rows.items():
+        fields = re.findall(r"`([a-z_]+)`", names)
+        values = [v.strip().strip("`") for v in shown.split(",")]
+        if not fields or not all(f in RsaParams.model_fields for f in fields):
+            continue
+        if fields == ["final_max_tokens"]:
+            assert defaults.final_max_tokens is None and values == ["trace_max_tokens"], shown
+        elif fields == ["seed"]:
+            assert defaults.seed is None and values == ["random"], shown
+        else:
+            assert values == [_shown(getattr(defaults, f)) for f in fields], (names, shown)
+        checked += len(fields)
+    assert checked == len(RsaParams.model_fields), f"the table documents {checked} of {len(RsaParams.model_fields)} fields"
+
+
+def test_the_admission_table_shows_the_settings_defaults() -> None:
+    rows = _table("### Admission and limits")
+    admission = AdmissionSettings()
+    for field in AdmissionSettings.model_fields:
+        assert rows[f"`MRSA_ADMISSION__{field.upper()}`"] == _shown(getattr(admission, field)), field
+    assert rows["`MRSA_MAX_BODY_BYTES`"] == f"{Settings().max_body_bytes // 2**20} MiB"
+
+
+def _commands() -> list[tuple[list[str], list[str]]]:
+    """Every ``mrsa eval`` of a sh block in README, with the ``mrsa serve`` of the same block."""
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
+        lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+        serve = next((w[w.index("serve") + 1:] for w in lines if "serve" in w and any(x.endswith("mrsa") for x in w)), [])
+        for words in lines:
+            if "eval" in words and any(x.endswith("mrsa") for x in words):
+                found.append((words[words.index("eval") + 1:], serve))
+    return found
+
+
+def test_readme_documents_eval_commands() -> None:
+    assert len(_commands()) >= 3
+
+
+@pytest.mark.parametrize(("argv", "serve"), _commands(), ids=lambda v: " ".join(v)[:60])
+def test_every_documented_eval_command_fits_its_context(argv: list[str], serve: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([a for a in argv if a != "&"])
+    server = argparse.ArgumentParser()
+    server.add_argument("--max-model-len", type=int)
+    served, _ = server.parse_known_args(serve)
+    max_model_len = (served.max_model_len if args.url else args.max_model_len) or CPU_MAX_MODEL_LEN
+    given = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
+    for spec in args.configs or ["single", "majority:n=8", "rsa:n=4,k=2,t=2"]:
+        params = parse_config(spec, {k: v for k, v in given.items() if v is not None}).params
+        check_context(FakeTokenizer(), max_model_len, QUESTION, params)  # raises ContextTooLongError
+
+
+def test_the_effort_table_shows_the_presets() -> None:
+    from mrsa.service.settings import EFFORT_PRESETS
+
+    section = README.split("### `reasoning_effort`", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].strip("`") in EFFORT_PRESETS:
+            rows[cells[0].strip("`")] = tuple(int(c) for c in cells[1:4])
+    defaults = RsaParams()
+    for effort, preset in EFFORT_PRESETS.items():
+        params = defaults.model_copy(update=preset)
+        assert rows[effort] == (params.population, params.k, params.rounds), effort
+
+
+def test_the_flag_table_names_the_shortcuts_and_their_settings() -> None:
+    from mrsa.cli import SHORT_FLAGS
+
+    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`--"):
+            documented[cells[0].strip("`").lstrip("-")] = re.match(r"`([a-z_.]+)`", cells[1])[1]
+    assert documented == {flag: path for path, flag in SHORT_FLAGS.items()}
