@@ -45,6 +45,18 @@ async def test_every_endpoint_but_health_needs_a_key(method: str, path: str, aut
     assert engine.requests == []
 
 
+async def test_the_trace_page_is_open_and_holds_no_data() -> None:
+    """README: with keys on, /health and the trace view's static page and script are open;
+    the page's own API calls carry the key typed into it. /docs is not open."""
+    async with serving(FakeEngine(), api_keys=KEYS) as http:
+        page, script = await http.get("/trace"), await http.get("/trace/trace.js")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert script.status_code == 200 and "Authorization" in script.text
+        assert (await http.get("/trace?run=run_x")).status_code == 200  # a run id opens nothing by itself
+        assert (await http.get("/v1/rsa/runs/run_x/events")).status_code == 401
+        assert (await http.get("/docs")).status_code == 401
+
+
 async def test_a_configured_key_opens_the_api(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     key_file = tmp_path / "keys"
     key_file.write_text("# operators\nfile-key-3\n\n")
