@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _no_server_seed(self) -> Settings:
+    def _server_defaults_are_sound(self) -> Settings:
         if self.rsa.seed is not None:
             raise ValueError("rsa.seed has no server default: a fixed seed would make every run the same")
         for effort, preset in self.effort_presets.items():

@@ -32,6 +32,7 @@ from mrsa.rsa.events import (
     Usage,
 )
 from mrsa.rsa.params import RsaParams
+from mrsa.service.settings import Effort
 
 # The OpenAPI schema documents the rsa object field by field (every field optional: server
 # defaults fill the rest), while the request keeps it raw so errors can name `rsa.<field>`.
@@ -89,7 +90,7 @@ class ChatCompletionRequest(BaseModel):
     rsa: Annotated[dict[str, Any], WithJsonSchema(RSA_SCHEMA)] | None = Field(
         None, description="Markovian RSA parameters (see rsa.params.RsaParams); omit for plain."
     )
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+    reasoning_effort: Effort | None = Field(
         None, description="low..xhigh: an RSA run of the server's preset for that effort (fields of "
         "rsa override it); none, minimal: a plain generation."
     )
