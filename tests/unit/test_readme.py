@@ -25,18 +25,22 @@ CPU_MAX_MODEL_LEN = device_defaults(EngineConfig(), cpu=True, native_bf16=False)
 QUESTION = [{"role": "user", "content": " ".join(["word"] * 400)}]
 
 
-def _table(heading: str) -> dict[str, str]:
-    """The first and last column of the first table after ``heading``, backticks stripped."""
-    section = README.split(heading, 1)[1]
-    rows: dict[str, str] = {}
-    for line in section.splitlines()[1:]:
-        if line.startswith("#"):
+def _table(heading: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first table after ``heading``."""
+    lines = README.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:  # after the header and its separator
+        if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and not set(cells[0]) <= {"-"} and cells[0] not in ("field", "setting"):
-            rows[cells[0]] = cells[-1]
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
     assert rows, f"no table under {heading!r}"
     return rows
+
+
+def _defaults(heading: str) -> dict[str, str]:
+    """The first column against the last (the default) of the table after ``heading``."""
+    return {row[0]: row[-1] for row in _table(heading)}
 
 
 def _shown(value: object) -> str:
@@ -44,7 +48,7 @@ def _shown(value: object) -> str:
 
 
 def test_the_rsa_table_shows_the_defaults_of_rsa_params() -> None:
-    rows = _table("### The `rsa` object")
+    rows = _defaults("### The `rsa` object")
     defaults = RsaParams()
     checked = 0
     for names, shown in rows.items():
@@ -63,7 +67,7 @@ def test_the_rsa_table_shows_the_defaults_of_rsa_params() -> None:
 
 
 def test_the_admission_table_shows_the_settings_defaults() -> None:
-    rows = _table("### Admission and limits")
+    rows = _defaults("### Admission and limits")
     admission = AdmissionSettings()
     for field in AdmissionSettings.model_fields:
         assert rows[f"`MRSA_ADMISSION__{field.upper()}`"] == _shown(getattr(admission, field)), field
@@ -104,12 +108,10 @@ def test_every_documented_eval_command_fits_its_context(argv: list[str], serve: 
 def test_the_effort_table_shows_the_presets() -> None:
     from mrsa.service.settings import EFFORT_PRESETS
 
-    section = README.split("### `reasoning_effort`", 1)[1]
-    rows = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 4 and cells[0].strip("`") in EFFORT_PRESETS:
-            rows[cells[0].strip("`")] = tuple(int(c) for c in cells[1:4])
+    rows = {
+        cells[0].strip("`"): tuple(int(c) for c in cells[1:4])
+        for cells in _table("### `reasoning_effort`") if cells[0].strip("`") in EFFORT_PRESETS
+    }
     defaults = RsaParams()
     for effort, preset in EFFORT_PRESETS.items():
         params = defaults.model_copy(update=preset)
@@ -119,10 +121,7 @@ def test_the_effort_table_shows_the_presets() -> None:
 def test_the_flag_table_names_the_shortcuts_and_their_settings() -> None:
     from mrsa.cli import SHORT_FLAGS
 
-    section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    documented = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`--"):
-            documented[cells[0].strip("`").lstrip("-")] = re.match(r"`([a-z_.]+)`", cells[1])[1]
+    documented = {
+        cells[0].strip("`").lstrip("-"): re.match(r"`([a-z_.]+)`", cells[1])[1] for cells in _table("## Configuration")
+    }
     assert documented == {flag: path for path, flag in SHORT_FLAGS.items()}
