@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, default=1, help="arithmetic: worked examples opening each question")
     p.add_argument(
         "--config", action="append", dest="configs", metavar="SPEC",
-        help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate] "
+        help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate][,vote=all] "
         f"(default: {' '.join(DEFAULT_CONFIGS)})",
     )
     p.add_argument("--tail-tokens", type=int, help="tau of every config (rsa: tau= overrides; default: the rsa default)")

@@ -25,7 +25,8 @@ from mrsa.evals.stats import paired, wilson_interval
 from mrsa.rsa import RsaParams
 
 _KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
-         "sel": "selection", "temp": "temperature", "final": "final_max_tokens", "prompt": "aggregation_prompt"}
+         "sel": "selection", "temp": "temperature", "final": "final_max_tokens", "prompt": "aggregation_prompt",
+         "vote": "final_vote"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class EvalConfig:
 
 def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
     """``single``, ``majority:n=8`` or ``rsa:n=4,k=2,t=2,tau=64`` (also ``max=`` trace tokens,
-    ``sel=`` selection, ``temp=``, ``final=`` final tokens, ``prompt=annotated|bare``, ``name=``). ``defaults`` fills the
+    ``sel=`` selection, ``temp=``, ``final=`` final tokens, ``prompt=annotated|bare``, ``vote=last|all``,
+    ``name=``). ``defaults`` fills the
     rest (tail_tokens, trace_max_tokens, temperature...)."""
     kind, _, rest = spec.partition(":")
     opts: dict[str, str] = {}
@@ -57,7 +59,7 @@ def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
     name = opts.pop("name", None)
     for key, value in opts.items():
         field_name = _KEYS[key]
-        text_valued = field_name in ("selection", "aggregation_prompt")
+        text_valued = field_name in ("selection", "aggregation_prompt", "final_vote")
         values[field_name] = value if text_valued else (float(value) if key == "temp" else int(value))
     if kind == "rsa":
         values.setdefault("k", min(2, values.get("population", 4)))

@@ -3,7 +3,8 @@
 The pool is the deepest round with enough finished traces to aggregate (``min(K, N)``), or
 failing that the deepest round with any; after consensus it is the unanimous round.
 ``majority`` returns the full text of a pool member holding the most common answer (no engine
-call); ``aggregate`` asks the model once more over K members of the pool; ``auto`` votes when
+call; with ``final_vote="all"`` the vote counts the finished traces of every round, and a tie goes to
+the deepest round's answer); ``aggregate`` asks the model once more over K members of the pool; ``auto`` votes when
 at least two answers could be extracted (a vote of one says nothing), else aggregates. An empty
 pool (deadline before any trace finished) is answered directly from the plain prompt.
 
@@ -88,7 +89,10 @@ class FinalAnswer:
         pool = final_pool(rounds, s.params.k)
         self.mode = final_mode(s.params.selection, pool)
         if self.mode == "majority":
-            pick = majority_pick(pool)
+            voters = pool
+            if s.params.final_vote == "all" and s.consensus_round is None:
+                voters = [n for nodes in reversed(s.rounds) for n in nodes if n.finished]
+            pick = majority_pick(voters)
             self.parents = [n.index for n in pool]
             self.content, self.finish_reason = pick.completion.text, "stop"
             s.events.append(FinalStarted(self.mode, list(self.parents)))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Selection = Literal["aggregate", "majority", "auto"]
 AggregationPrompt = Literal["annotated", "bare"]
 Schedule = Literal["dataflow", "rounds"]
+FinalVote = Literal["last", "all"]
 
 
 class RsaParamError(ValueError):
@@ -55,6 +56,10 @@ class RsaParams(BaseModel):
     )
     deadline_s: float | None = Field(None, gt=0, description="wall-clock limit for new launches.")
     selection: Selection = "auto"
+    final_vote: FinalVote = Field(
+        "last",
+        description="the traces a final majority vote counts: the last round's, or every round's.",
+    )
     aggregation_prompt: AggregationPrompt = Field(
         "annotated",
         description="annotated: each candidate is headed by its final answer, or marked unfinished; "

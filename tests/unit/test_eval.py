@@ -147,7 +147,8 @@ def test_configs_express_single_majority_and_rsa() -> None:
     p = rsa.params
     assert (rsa.name, p.population, p.k, p.rounds, p.tail_tokens, p.trace_max_tokens, p.selection) == (
         "mine", 4, 3, 5, 16, 100, "aggregate")
-    for bad in ("rsa:q=1", "beam:n=2", "rsa:n"):
+    assert (p.final_vote, parse_config("rsa:vote=all", defaults).params.final_vote) == ("last", "all")
+    for bad in ("rsa:q=1", "beam:n=2", "rsa:n", "rsa:vote=some"):
         with pytest.raises(ValueError):
             parse_config(bad, defaults)
 

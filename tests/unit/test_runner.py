@@ -73,6 +73,37 @@ async def test_majority_returns_the_first_winning_member_without_a_call() -> Non
     assert started.mode == "majority" and started.parents == [0, 1, 2, 3]
 
 
+def by_node(answers: dict[tuple[int, int], str]):
+    """An answer knob keyed by (round, index) of the request id (``run-rX-iY``)."""
+
+    def answer(req: FakeRequest) -> str:
+        r, i = req.request_id.removeprefix("run-r").split("-i")
+        return answers[int(r), int(i)]
+
+    return answer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("final_vote", "answer", "winner"),
+    [("last", "7", (2, 0)), ("all", "5", (1, 0))],  # last round: 7 x2; every round: 5 x5, 7 x4
+)
+async def test_final_vote_counts_the_last_round_or_every_round(final_vote, answer, winner) -> None:
+    votes = ["5", "5", "5", "5", "5", "7", "7", "9", "7", "7", "8", "9"]
+    engine = FakeEngine(answer=by_node({(r, i): votes[4 * r + i] for r in range(3) for i in range(4)}))
+    _, result = await run(engine, selection="majority", final_vote=final_vote)
+    assert result.answer == answer and result.calls == 12
+    assert result.content == next(r for r in result.trace if (r.round, r.index) == winner).text
+
+
+@pytest.mark.asyncio
+async def test_a_tie_over_every_round_goes_to_the_deepest_round() -> None:
+    votes = {(0, 0): "5", (0, 1): "5", (1, 0): "7", (1, 1): "7"}
+    engine = FakeEngine(answer=by_node(votes))
+    _, result = await run(engine, population=2, k=2, rounds=2, selection="majority", final_vote="all")
+    assert result.answer == "7"
+
+
 @pytest.mark.asyncio
 async def test_majority_without_answers_returns_the_first_member() -> None:
     engine = FakeEngine(answer=None)
