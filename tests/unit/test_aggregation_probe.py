@@ -1,0 +1,38 @@
+"""The aggregation probe picks exactly the round-2 prompts whose candidates disagree on
+correctness, and rebuilds them from the stored tails."""
+
+from __future__ import annotations
+
+from mrsa.evals.aggregation_probe import mixed_prompts, summarize
+from mrsa.evals.datasets import Problem
+
+
+def node(round_: int, index: int, answer: str | None, parents: list[int] = (), **kw) -> dict:
+    return {"round": round_, "index": index, "kind": "trace", "parents": list(parents), "seed": 10 * round_ + index,
+            "answer": answer, "tail_text": f"tail {round_}.{index}", "tail_tokens": 3, "cut": False,
+            "finish_reason": kw.get("finish_reason", "stop")}
+
+
+def test_only_partly_right_parents_make_a_probe_prompt() -> None:
+    problems = {"1": Problem("1", "What is 6 * 7?", "42")}
+    traces = {"1": [
+        node(0, 0, "42"), node(0, 1, "41"), node(0, 2, "42.0"), node(0, 3, None, finish_reason="length"),
+        node(1, 0, "41", [0, 1]),  # one right of two: probed
+        node(1, 1, "42", [0, 2]),  # both right: not
+        node(1, 2, None, [1, 3]),  # none right: not
+        node(1, 3, "42", [3, 2]),  # the right one second, the other unfinished: probed
+        {**node(2, 0, "42"), "kind": "final"},
+    ]}
+    probes = mixed_prompts(traces, problems)
+    assert [(p.index, p.right_parents, p.original_answer) for p in probes] == [(0, 1, "41"), (3, 1, "42")]
+    last = probes[1]
+    assert [t.text for t in last.tails] == ["tail 0.3", "tail 0.2"] and last.seed == 13
+    assert [t.finished for t in last.tails] == [False, True] and last.tails[1].answer == "42.0"
+    assert last.is_right(" 42 ") and not last.is_right(None) and not probes[0].is_right(probes[0].original_answer)
+
+
+def test_summary_counts_right_answers_against_chance() -> None:
+    rows = [{"right": True, "original_right": False, "right_parents": 1, "candidates": 2, "tokens": 5},
+            {"right": False, "original_right": True, "right_parents": 1, "candidates": 4, "tokens": 7}]
+    assert summarize("m", rows) == {"model": "m", "prompts": 2, "right": 1, "original_right": 1,
+                                    "chance": 0.75, "tokens": 12}
