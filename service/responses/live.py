@@ -1,0 +1,169 @@
+"""A response answered while its client waits: one object, or the Responses event stream.
+
+An RSA response runs its :class:`RsaRun`; a plain one streams its single generation straight
+from the engine (token by token, which a one-trace run would only give at its end). Both are
+read as one sequence: text deltas (``str``), progress events (``dict``), then the
+:class:`Answer`. A client that goes away aborts the engine requests, as in chat completions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from mrsa.engine.base import Completion, EngineError, SamplingParams
+from mrsa.rsa.events import FinalDelta, NodeStarted, RunCompleted, RunFailed
+from mrsa.service import metrics
+from mrsa.service.admission import Ticket
+from mrsa.service.context import engine_error, owner_of, runs_of
+from mrsa.service.errors import APIError
+from mrsa.service.responses.events import EventSequence, TextItems
+from mrsa.service.responses.prepare import Prepared
+from mrsa.service.responses.stored import answer_of, record
+from mrsa.service.responses.wire import ResponseObject, response_object
+from mrsa.service.streaming import EventStream
+from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
+from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, usage_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    status: str  # completed | incomplete
+    usage: UsageInfo
+
+
+def sse_event(event: dict) -> str:
+    """One Responses event as SSE: ``event:`` names its type, as OpenAI's server does."""
+    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
+async def _plain(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
+    engine, params = prep.engine, prep.run.params
+    prompt_ids = engine.tokenizer.apply_chat_template(prep.run.messages)
+    sampling = SamplingParams(max_tokens=params.trace_max_tokens, temperature=params.temperature, top_p=params.top_p)
+    done = Completion()
+    async for delta in engine.generate(prompt_ids, sampling, f"{prep.resp_id}-0"):
+        done.add(delta)
+        if delta.text:
+            yield delta.text
+        if delta.finished:
+            break
+    metrics.GENERATED_TOKENS.inc(len(done.token_ids))
+    metrics.TOKENS.labels("plain").inc(len(done.token_ids))
+    usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=len(done.token_ids),
+                      total_tokens=len(prompt_ids) + len(done.token_ids),
+                      prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
+    yield Answer(done.text, "incomplete" if done.finish_reason == "length" else "completed", usage)
+
+
+async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[str | dict | Answer]:
+    ended = False
+    try:
+        async with aclosing(prep.run.events()) as events:
+            async for event in events:
+                observer.observe(event)
+                if isinstance(event, FinalDelta):
+                    if event.text:
+                        yield event.text
+                elif isinstance(event, RunCompleted):
+                    ended = True
+                    completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)
+                    text, status = answer_of(completion, plain=False)
+                    yield Answer(text, status, completion.usage)
+                elif isinstance(event, NodeStarted):
+                    yield started_event(event)
+                elif (progress := progress_event(event)) is not None:
+                    yield progress
+    except RunFailed as exc:
+        ended = True
+        observer.failed(exc.calls, exc.usage.completion_tokens)
+        raise
+    finally:
+        if not ended:
+            observer.cancelled()
+
+
+def _source(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
+    if prep.plain:
+        return in_own_task(_plain(prep))
+    metrics.RSA_RUNS.inc()
+    return in_own_task(_rsa(prep, metrics.RunObserver()))
+
+
+def _object(prep: Prepared, created: int, status: str, **kw: object) -> ResponseObject:
+    return response_object(prep.resp_id, created, prep.engine.model_name, prep.echo, status, **kw)  # type: ignore[arg-type]
+
+
+async def _keep(request: Request, prep: Prepared, created: int, response: ResponseObject) -> None:
+    if prep.echo["store"]:
+        await runs_of(request).put_response(
+            owner_of(request), prep.resp_id,
+            record(prep.engine.model_name, created, prep.echo, prep.conversation, response),
+        )
+
+
+async def respond(prep: Prepared, request: Request, ticket: Ticket, stream: bool) -> Response:
+    created = now()
+    if stream:
+        return EventStream(_stream(prep, request, ticket, created), ticket)
+    with ticket:
+        try:
+            answer = await until_disconnect(request, _drain(prep, ticket))
+        except ClientDisconnected:  # its engine requests were aborted
+            return Response(status_code=CLIENT_CLOSED)
+        except (RunFailed, EngineError) as exc:
+            return engine_error(exc).response()
+    response = _object(prep, created, answer.status, text=answer.text, usage=answer.usage, completed_at=now())
+    await _keep(request, prep, created, response)
+    return JSONResponse(response.model_dump())
+
+
+async def _drain(prep: Prepared, ticket: Ticket) -> Answer:
+    await ticket.wait()
+    async with aclosing(_source(prep)) as items:
+        async for item in items:
+            if isinstance(item, Answer):
+                return item
+    raise AssertionError("a response's source ends with its Answer or raises")
+
+
+async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int) -> AsyncIterator[str]:
+    seq = EventSequence()
+    items = TextItems(prep.resp_id, seq)
+    yield sse_event(seq.lifecycle("response.created", _object(prep, created, "in_progress")))
+    await ticket.wait()
+    yield sse_event(seq.lifecycle("response.in_progress", _object(prep, created, "in_progress")))
+    try:
+        async with aclosing(_source(prep)) as source:
+            async for item in source:
+                if isinstance(item, str):
+                    for event in items.feed(item):
+                        yield sse_event(event)
+                elif isinstance(item, dict):
+                    yield sse_event(seq.progress(item))
+                else:
+                    for event in items.finish(item.status):
+                        yield sse_event(event)
+                    response = _object(prep, created, item.status, text=items.text, usage=item.usage,
+                                       completed_at=now())
+                    await _keep(request, prep, created, response)
+                    kind = "response.incomplete" if item.status == "incomplete" else "response.completed"
+                    yield sse_event(seq.lifecycle(kind, response))
+    except Exception as exc:  # the 200 is sent: the failure is an event
+        if isinstance(exc, (RunFailed, EngineError)):
+            error = ErrorBody(**engine_error(exc).body()["error"])
+        else:
+            log.exception("responses stream failed")
+            error = ErrorBody(**APIError(f"Internal error: {type(exc).__name__}", status=500, type="server_error",
+                                         code="internal_error").body()["error"])
+        usage = usage_info(exc.usage) if isinstance(exc, RunFailed) else None
+        yield sse_event(seq.lifecycle("response.failed", _object(prep, created, "failed", error=error, usage=usage)))

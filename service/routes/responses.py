@@ -1,0 +1,113 @@
+"""``/v1/responses``: OpenAI's Responses API. Create (live, streamed, or in the background as a
+durable run), retrieve (or replay its events with ``stream=true&starting_after=N``), cancel,
+delete. A response is visible only to the API key that created it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from mrsa.service import metrics
+from mrsa.service.context import admit, owner_of, runs_of
+from mrsa.service.errors import APIError
+from mrsa.service.responses import stored
+from mrsa.service.responses.live import respond, sse_event
+from mrsa.service.responses.prepare import Prepared, prepare
+from mrsa.service.responses.wire import ResponseObject, ResponseRequest, response_id
+from mrsa.service.streaming import EventStream
+from mrsa.service.wire import now
+
+router = APIRouter()
+
+
+@router.post("/v1/responses", response_model=ResponseObject)
+async def create_response(body: ResponseRequest, request: Request) -> Response:
+    """A response: plain, or an RSA run with ``reasoning.effort`` low..xhigh or ``rsa``;
+    ``stream`` for the event stream; ``background`` to return at once (status ``queued``)."""
+    if body.background and not body.store:
+        raise APIError("background responses are stored: store must not be false", param="store")
+    prep = await prepare(body, request, response_id())
+    if body.background:
+        return await _submit(prep, request, body.stream)
+    runs = runs_of(request)
+    ticket = admit(request.app.state.plain_admission if prep.plain else runs.admission)
+    return await respond(prep, request, ticket, body.stream)
+
+
+async def _submit(prep: Prepared, request: Request, stream: bool) -> Response:
+    runs, owner = runs_of(request), owner_of(request)
+    ticket = admit(runs.admission)
+    created = now()
+    data = stored.record(prep.engine.model_name, created, prep.echo, prep.conversation, None)
+    await runs.put_response(owner, prep.resp_id, data, run_id=prep.resp_id)
+    metrics.RSA_RUNS.inc()
+    run = await runs.submit(owner, prep.engine.model_name, prep.resp_id, prep.run, ticket, extra={"response": True})
+    if stream:
+        return EventStream(_replay(request, prep.resp_id, data, -1))
+    return JSONResponse((await stored.background_object(runs, run, data)).model_dump())
+
+
+async def _found(request: Request, resp_id: str) -> tuple[ResponseObject, dict[str, Any]]:
+    found = await stored.load(runs_of(request), owner_of(request), resp_id)
+    if found is None:
+        raise APIError(f"No response with id `{resp_id}`.", status=404, param="response_id",
+                       code="response_not_found")
+    return found
+
+
+def _replay(request: Request, resp_id: str, data: dict[str, Any], after: int) -> AsyncIterator[str]:
+    runs, owner = runs_of(request), owner_of(request)
+
+    async def lines() -> AsyncIterator[str]:
+        async with aclosing(stored.replay(runs, owner, resp_id, data, after)) as events:
+            async for event in events:
+                yield ": keep-alive\n\n" if event is None else sse_event(event)
+
+    return lines()
+
+
+@router.get("/v1/responses/{response_id}", response_model=ResponseObject)
+async def get_response(response_id: str, request: Request, stream: bool = False,
+                       starting_after: int | None = None) -> Response:
+    """The response; with ``stream=true`` its events after ``starting_after`` (live until a
+    background response ends)."""
+    response, data = await _found(request, response_id)
+    if not stream:
+        return JSONResponse(response.model_dump())
+    after = -1 if starting_after is None else starting_after
+    if response.background:
+        return EventStream(_replay(request, response_id, data, after))
+
+    async def lines() -> AsyncIterator[str]:
+        for event in stored.synthesized(response, after):
+            yield sse_event(event)
+
+    return EventStream(lines())
+
+
+@router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject)
+async def cancel_response(response_id: str, request: Request) -> Response:
+    """Cancel a background response (idempotent; its engine requests are aborted before the
+    answer). One that already ended is returned as it is."""
+    response, data = await _found(request, response_id)
+    if not response.background:
+        raise APIError("Only background responses can be cancelled.", param="response_id")
+    runs = runs_of(request)
+    run = await runs.cancel(owner_of(request), response_id)
+    if run is None:  # removed in between
+        raise APIError(f"No response with id `{response_id}`.", status=404, param="response_id",
+                       code="response_not_found")
+    return JSONResponse((await stored.background_object(runs, run, data)).model_dump())
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
+    """Remove a stored response (a background one is cancelled first)."""
+    if not await runs_of(request).delete_response(owner_of(request), response_id):
+        raise APIError(f"No response with id `{response_id}`.", status=404, param="response_id",
+                       code="response_not_found")
+    return {"id": response_id, "object": "response.deleted", "deleted": True}
