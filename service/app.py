@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
         runs = RunManager(
             settings.store_path,
             Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s),
+            ttl_s=settings.store_ttl_s,
         )
         runs.open()  # a store another server holds stops us here, before a model is loaded
         app.state.runs = runs

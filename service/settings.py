@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="SQLite file of background runs; `mrsa serve` defaults it to "
         "<cache_dir>/runs-<port>.sqlite3, unset elsewhere = a temporary file (no resume).",
     )
+    store_ttl_s: float = Field(
+        7 * 24 * 3600, gt=0,
+        description="Stored responses and background runs are removed this long after they were "
+        "created (responses) or ended (runs); then they answer 404.",
+    )
 
     @model_validator(mode="after")
     def _server_defaults_are_sound(self) -> Settings:

@@ -12,6 +12,10 @@ and restarts it from its checkpoints: the plan is rebuilt from the stored seed a
 nodes that were in flight are redone (see :mod:`mrsa.rsa`). Usage and budget include the
 work done before the restart; the run's age (for ``deadline_s``) too.
 
+Retention: a run that ended more than ``ttl_s`` ago (and a response of ``/v1/responses``
+created that long ago) is gone: reads answer as if it never existed, and every new submission
+first removes what expired, so the store holds at most ``ttl_s`` of work.
+
 The store is opened at start, and with it its exclusive lock: a second server pointed at the
 same file refuses to start (:class:`~mrsa.service.runs.store.StoreLocked`) instead of failing its
 first background request. Without a path (``store_path`` unset, as in tests) it is a temporary
@@ -24,6 +28,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -56,8 +61,9 @@ def new_run_id() -> str:
 class RunManager:
     """Owns the background runs of one server: their tasks, the store and the run admission."""
 
-    def __init__(self, store_path: Path | None, admission: Admission) -> None:
+    def __init__(self, store_path: Path | None, admission: Admission, ttl_s: float = 7 * 24 * 3600) -> None:
         self.engine: Engine | None = None
+        self.ttl_s = ttl_s
         self._tmpdir: str | None = None
         if store_path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="mrsa-runs-")
@@ -88,6 +94,7 @@ class RunManager:
         returns how many."""
         self.engine = engine
         store = self._open()
+        await self.purge()
         runs = await store.unfinished()
         for run in runs:
             records = await store.records(run.id)
@@ -112,14 +119,28 @@ class RunManager:
 
     # ------------------------------------------------------------------------ API
 
-    async def submit(self, owner: str, model: str, run_id: str, run: RsaRun, ticket: Ticket) -> StoredRun:
+    def _cutoff(self) -> float:
+        return time.time() - self.ttl_s
+
+    async def purge(self) -> int:
+        """Remove what expired (runs ended, responses created, more than ``ttl_s`` ago)."""
+        removed = await self._open().expire(self._cutoff())
+        if removed:
+            log.info("expired %d stored runs and responses", removed)
+        return removed
+
+    async def submit(self, owner: str, model: str, run_id: str, run: RsaRun, ticket: Ticket,
+                     extra: dict | None = None) -> StoredRun:
         """Persist and start a run whose parameters and context were checked (``run`` is
-        built, its seed drawn); ``ticket`` is its admission."""
+        built, its seed drawn); ``ticket`` is its admission; ``extra`` is kept in its spec
+        (what a response of ``/v1/responses`` needs to be shown again)."""
         store = self._open()
+        await self.purge()
         spec = {
             "model": model,
             "messages": run.messages,
             "params": {**run.params.model_dump(), "seed": run.seed},
+            **(extra or {}),
         }
         started = {
             "event": "run_started", "seed": run.seed, "population": run.params.population,
@@ -134,9 +155,37 @@ class RunManager:
     async def get(self, owner: str, run_id: str) -> StoredRun | None:
         """The run, if it exists and belongs to ``owner``."""
         run = await self._open().get(run_id)
-        if run is None or run.owner != owner:
+        if run is None or run.owner != owner or (run.terminal and run.updated < self._cutoff()):
             return None
         return run
+
+    async def put_response(self, owner: str, response_id: str, data: dict, run_id: str | None = None) -> None:
+        """Keep a response of ``/v1/responses`` (under ``owner``) until it expires."""
+        await self.purge()
+        await self._open().put_response(response_id, owner, data, run_id)
+
+    async def get_response(self, owner: str, response_id: str) -> tuple[str | None, dict] | None:
+        """``(run_id, data)`` of a stored response, if it exists, has not expired and belongs
+        to ``owner``."""
+        found = await self._open().get_response(response_id)
+        if found is None:
+            return None
+        stored_owner, created, run_id, data = found
+        if stored_owner != owner:
+            return None
+        if created < self._cutoff() and (run_id is None or run_id not in self._tasks):
+            return None
+        return run_id, data
+
+    async def delete_response(self, owner: str, response_id: str) -> bool:
+        """Remove a stored response (its run cancelled first, its engine requests aborted)."""
+        found = await self.get_response(owner, response_id)
+        if found is None:
+            return False
+        run_id, _ = found
+        if run_id is not None:
+            await self.cancel(owner, run_id)
+        return await self._open().delete_response(response_id)
 
     async def run_object(self, stored: StoredRun) -> RunObject:
         """The run as the API shows it: status, progress and usage so far, result or error."""

@@ -16,6 +16,12 @@ Tables:
 * ``nodes``: the :class:`~rsa.events.NodeRecord` of every finished (or failed) trace.
 * ``events``: the run's progress events, numbered from 1 per run: the ids of the SSE stream,
   so a client resumes it with ``Last-Event-ID``.
+* ``responses``: what ``/v1/responses`` keeps of a stored response (its request, its
+  conversation, its body once delivered); a background response also names its run.
+
+Retention: :meth:`Store.expire` removes the runs that ended before a cutoff (with their nodes
+and events) and the responses created before it; SQLite reuses the freed pages, so a server
+under constant load keeps a file of constant size.
 
 :class:`Store` is synchronous and thread-safe; :class:`AsyncStore` runs its calls on one
 dedicated thread, which keeps them off the event loop and in submission order.
@@ -74,6 +80,15 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS responses (
+    id      TEXT PRIMARY KEY,
+    owner   TEXT NOT NULL,
+    created REAL NOT NULL,
+    run_id  TEXT,
+    data    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_updated ON runs (updated);
+CREATE INDEX IF NOT EXISTS responses_by_created ON responses (created);
 """
 
 
@@ -220,7 +235,63 @@ class Store:
 
         return self._tx(tx)
 
+    def put_response(self, response_id: str, owner: str, data: dict[str, Any], run_id: str | None = None) -> None:
+        """Keep (or replace) a stored response of ``/v1/responses``."""
+        self._tx(lambda db: db.execute(
+            "INSERT OR REPLACE INTO responses (id, owner, created, run_id, data) VALUES (?, ?, "
+            "COALESCE((SELECT created FROM responses WHERE id = ?), ?), ?, ?)",
+            (response_id, owner, response_id, time.time(), run_id, _dumps(data)),
+        ))
+
+    def delete_response(self, response_id: str) -> bool:
+        """Remove a response and the run behind it; False if there was none."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT run_id FROM responses WHERE id = ?", (response_id,)).fetchone()
+            if row is None:
+                return False
+            db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            if row[0] is not None:
+                self._delete_runs(db, [row[0]])
+            return True
+
+        return self._tx(tx)
+
+    @staticmethod
+    def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> None:
+        for table, column in (("nodes", "run_id"), ("events", "run_id"), ("runs", "id")):
+            db.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(r,) for r in run_ids])
+
+    def expire(self, cutoff: float) -> int:
+        """Remove runs that ended before ``cutoff`` (unix time) and responses created before it
+        (but not one whose run still runs), with everything they own; returns how many went."""
+
+        def tx(db: sqlite3.Connection) -> int:
+            runs = [r for (r,) in db.execute(
+                "SELECT id FROM runs WHERE updated < ? AND status IN ('completed', 'failed', 'cancelled')",
+                (cutoff,),
+            )]
+            responses = [(r, run) for r, run in db.execute(
+                "SELECT id, run_id FROM responses AS r WHERE created < ? AND NOT EXISTS "
+                "(SELECT 1 FROM runs WHERE id = r.run_id AND status IN ('queued', 'running'))", (cutoff,))]
+            # A response's run goes with it, and a run's response with its run.
+            runs += [run for _, run in responses if run is not None and run not in runs]
+            db.executemany("DELETE FROM responses WHERE id = ? OR run_id = ?",
+                           [(r, r) for r, _ in responses] + [(r, r) for r in runs])
+            self._delete_runs(db, runs)
+            return len(runs) + len(responses)
+
+        return self._tx(tx)
+
     # ------------------------------------------------------------------------ reads
+
+    def get_response(self, response_id: str) -> tuple[str, float, str | None, dict[str, Any]] | None:
+        """``(owner, created, run_id, data)`` of a stored response."""
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT owner, created, run_id, data FROM responses WHERE id = ?", (response_id,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1], row[2], json.loads(row[3]))
 
     def get(self, run_id: str) -> StoredRun | None:
         with self._mutex:
