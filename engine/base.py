@@ -62,6 +62,48 @@ class Tokenizer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class OpenAIResult:
+    """The answer to a plain OpenAI request: a JSON ``body`` with its ``status``, or (a
+    streamed request that started) ``stream``, the ``data: ...`` lines of its server-sent
+    events, ``[DONE]`` included. Error bodies are an ``{"error": {...}}`` envelope."""
+
+    status: int = 200
+    body: dict | None = None
+    stream: AsyncIterator[str] | None = None
+
+
+@runtime_checkable
+class OpenAIServing(Protocol):
+    """vLLM's own OpenAI server, request for request: what a plain (non-RSA) request gets.
+
+    Each method takes the request's JSON as the client sent it and answers as ``vllm serve``
+    would (tools, structured outputs, logprobs, ``n``, streaming and usage as vLLM does them).
+    Cancelling a call, or the task reading its ``stream``, aborts its engine requests: the
+    service relies on it when a client disconnects.
+    """
+
+    async def chat_completions(self, body: dict) -> OpenAIResult:
+        """``POST /v1/chat/completions``."""
+        ...
+
+    async def completions(self, body: dict) -> OpenAIResult:
+        """``POST /v1/completions``."""
+        ...
+
+    async def tokenize(self, body: dict) -> OpenAIResult:
+        """``POST /tokenize``."""
+        ...
+
+    async def detokenize(self, body: dict) -> OpenAIResult:
+        """``POST /detokenize``."""
+        ...
+
+    async def models(self) -> OpenAIResult:
+        """``GET /v1/models``."""
+        ...
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What the algorithm and the HTTP service need from a model server."""
@@ -72,6 +114,8 @@ class Engine(Protocol):
     """Every name a request may use in ``model``."""
     tokenizer: Tokenizer
     max_model_len: int
+    openai: OpenAIServing
+    """Plain requests, served by vLLM's own OpenAI layer (in process, or a replica's)."""
 
     def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str

@@ -56,6 +56,15 @@ class EngineConfig(BaseModel):
         None, description="Skip graph capture (default: on a CPU, for a fast start; off on a GPU)."
     )
     seed: int = Field(0, description="Engine seed; every trace also carries its own seed.")
+    tool_call_parser: str | None = Field(
+        None, description="vLLM's --tool-call-parser for plain requests' tool calls (e.g. hermes)."
+    )
+    enable_auto_tool_choice: bool = Field(
+        False, description="vLLM's --enable-auto-tool-choice: the model may call tools by itself (needs a parser)."
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM's --reasoning-parser (e.g. qwen3): a reasoning model's thinking goes to `reasoning`."
+    )
     cca_ops: CcaOps = Field(
         "auto",
         description="ZAYA models' CCA q/k/v step: the Triton kernels (auto: on CUDA) or the "

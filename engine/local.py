@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
 from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
+from mrsa.engine.openai_layer import VllmOpenAI
 from mrsa.engine.tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,14 @@ class LocalEngine(AsyncCloseable):
             max_num_seqs=config.max_num_seqs,
             seed=config.seed,
             disable_log_stats=True,
+            reasoning_parser=config.reasoning_parser or "",
             **scheduling,
         )
         log.info("starting vLLM engine for %s", model)
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len: int = self._llm.model_config.max_model_len
         self.tokenizer = HFTokenizer(model)
+        self.openai = VllmOpenAI(self._llm, model, self.served_names, config)
 
     async def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str

@@ -22,6 +22,8 @@ SHORT_FLAGS = {
     "engine.gpu_memory_utilization": "gpu-memory-utilization",
     "engine.cpu_kvcache_space_gib": "cpu-kvcache-space",
     "engine.cca_ops": "cca-ops",
+    "engine.tool_call_parser": "tool-call-parser",
+    "engine.reasoning_parser": "reasoning-parser",
     "engine.upstreams": "upstream",
 }
 

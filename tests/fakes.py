@@ -14,6 +14,7 @@ Used by the unit tests of ``rsa/`` and by the service's tests: no model, no GPU,
   ``abort()`` ends a stream with ``finish_reason="abort"``; closing or cancelling a stream
   counts as an abort too. ``aclose()`` (or leaving ``async with engine:``) closes the engine:
   later requests are rejected with :class:`EngineError`, as a real engine cannot serve them.
+  Plain OpenAI requests (``engine.openai``) go to :class:`tests.fake_openai.FakeOpenAI`.
 
 Every knob (``answer``, ``length``, ``delay``, ``script``, ``error``) is either a constant or a
 callable of the :class:`FakeRequest`, so tests can vary behaviour per request (by request id,
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from mrsa.engine.base import AsyncCloseable, EngineError, FinishReason, GenerationDelta, SamplingParams
+from tests.fake_openai import FakeOpenAI
 
 T = TypeVar("T")
 Knob = T | Callable[["FakeRequest"], T]
@@ -118,6 +120,7 @@ class FakeEngine(AsyncCloseable):
     max_in_flight: int = 0
 
     def __post_init__(self) -> None:
+        self.openai = FakeOpenAI(self)  # plain requests (vLLM's OpenAI layer in the real engines)
         self._in_flight: set[str] = set()
         self._aborted: set[str] = set()
         self.closed = False

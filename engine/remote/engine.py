@@ -21,6 +21,7 @@ from mrsa.engine.config import EngineConfig
 from mrsa.engine.remote import startup, stream
 from mrsa.engine.remote.errors import UpstreamUnavailable
 from mrsa.engine.remote.health import HealthMonitor
+from mrsa.engine.remote.passthrough import ReplicaOpenAI
 from mrsa.engine.remote.replicas import ReplicaPool
 from mrsa.engine.remote.retry import RetryPolicy
 from mrsa.engine.remote.trace import Trace
@@ -57,6 +58,7 @@ class RemoteEngine(AsyncCloseable):
             ),
         )
         self._policy = RetryPolicy(config, self._pool)
+        self.openai = ReplicaOpenAI(self._client, self._pool, self._policy, self.served_names, self._start_health)
         admit = partial(
             startup.admit_late, tokenizer=self.tokenizer, min_model_len=self.max_model_len, timeout=timeout
         )
@@ -105,6 +107,9 @@ class RemoteEngine(AsyncCloseable):
 
     def num_in_flight(self) -> int:
         return self._in_flight
+
+    def _start_health(self) -> None:
+        self._health.start()
 
     async def check_health(self) -> None:
         if not self._pool.any_healthy():

@@ -1,32 +1,105 @@
-"""``/v1/chat/completions``: a plain completion, or with ``rsa`` (or a ``reasoning_effort`` of
-low..xhigh) a Markovian RSA run (answered at once, streamed, or with ``background`` accepted
-as a run to follow under ``/v1/rsa/runs``)."""
+"""``/v1/chat/completions``: with ``rsa`` (or a ``reasoning_effort`` of low..xhigh) a Markovian
+RSA run (answered at once, streamed, or with ``background`` accepted as a run to follow under
+``/v1/rsa/runs``); without, the request as ``vllm serve`` answers it (:mod:`mrsa.service.plain`).
+Also vLLM's other plain endpoints: ``/v1/completions``, ``/tokenize``, ``/detokenize``."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from mrsa.service import plain, rsa_chat
-from mrsa.service.context import served, settings_of
+from mrsa.service.context import engine_of, served, settings_of
 from mrsa.service.errors import APIError
 from mrsa.service.routes.runs import submit_run
-from mrsa.service.wire import ChatCompletionRequest, ChunkFactory, completion_id, now
+from mrsa.service.rsa_request import rsa_request
+from mrsa.service.wire import ChunkFactory, completion_id, now
 
 router = APIRouter()
 
+OURS = ("rsa", "background")
+"""Fields of ours that a plain request does not pass on to vLLM (null or false there)."""
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a route that reads its JSON itself (to route it before validating it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_OBJECT = {"type": "object", "additionalProperties": True}
+
+
+async def json_object(request: Request) -> dict:
+    """The request's JSON object, or the 400 that says why there is none."""
+    try:
+        raw = await request.json()
+    except ValueError as exc:
+        raise APIError(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(raw, dict):
+        raise APIError("Request body must be a JSON object", code="invalid_json")
+    return raw
+
+
+def _plain_model(raw: dict, request: Request) -> None:
+    """What the service itself checks of a plain request: a served model, and ``n`` within
+    the operator's limit. The rest is vLLM's to validate."""
+    model = raw.get("model")
+    if not isinstance(model, str):
+        raise APIError("`model` is required: a string naming a served model", param="model", code="invalid_value")
+    served(model, request)
+    n = raw.get("n")
+    limit = settings_of(request).max_n
+    if isinstance(n, int) and not isinstance(n, bool) and n > limit:
+        raise APIError(f"n={n} exceeds this server's limit of {limit}", param="n")
+
+
+def _is_rsa(raw: dict, request: Request) -> bool:
+    settings = settings_of(request)
+    effort = raw.get("reasoning_effort")
+    effort = effort if isinstance(effort, str) else None
+    return raw.get("rsa") is not None or settings.effort_presets.get(effort or settings.default_effort) is not None
+
+
+@router.post("/v1/chat/completions", response_model=None,
+             openapi_extra=_body({"$ref": "#/components/schemas/ChatCompletionRequest"}))
+async def chat_completions(request: Request) -> Response:
+    raw = await json_object(request)
+    if not _is_rsa(raw, request):
+        if raw.get("background"):
+            raise APIError("background needs an rsa object: only RSA runs run in the background", param="background")
+        _plain_model(raw, request)
+        body = {k: v for k, v in raw.items() if k not in OURS}
+        return await plain.forward(request, lambda: engine_of(request).openai.chat_completions(body))
+    body = rsa_request(raw)
     engine = served(body.model, request)
     rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort)
     if rsa != body.rsa:
         body = body.model_copy(update={"rsa": rsa})
     if body.background:
-        if body.rsa is None:
-            raise APIError("background needs an rsa object: only RSA runs run in the background", param="background")
         return await submit_run(body, request, engine)
     chunks = ChunkFactory(id=completion_id(), created=now(), model=engine.model_name)
-    if body.rsa is not None:
-        return await rsa_chat.complete(body, request, engine, chunks)
-    return await plain.complete(body, request, engine, chunks)
+    return await rsa_chat.complete(body, request, engine, chunks)
+
+
+@router.post("/v1/completions", response_model=None, openapi_extra=_body(_OBJECT))
+async def completions(request: Request) -> Response:
+    """A text completion, as ``vllm serve`` answers it."""
+    raw = await json_object(request)
+    _plain_model(raw, request)
+    return await plain.forward(request, lambda: engine_of(request).openai.completions(raw))
+
+
+@router.post("/tokenize", response_model=None, openapi_extra=_body(_OBJECT))
+async def tokenize(request: Request) -> Response:
+    """Token ids of a prompt or of a chat (its template applied), as ``vllm serve`` answers."""
+    raw = await json_object(request)
+    return await plain.forward(request, lambda: engine_of(request).openai.tokenize(raw), admitted=False)
+
+
+@router.post("/detokenize", response_model=None, openapi_extra=_body(_OBJECT))
+async def detokenize(request: Request) -> Response:
+    """The text of token ids, as ``vllm serve`` answers."""
+    raw = await json_object(request)
+    return await plain.forward(request, lambda: engine_of(request).openai.detokenize(raw), admitted=False)

@@ -13,6 +13,7 @@ from mrsa.service import metrics
 from mrsa.service.context import admit, owner_of, runs_of, served, settings_of
 from mrsa.service.errors import APIError
 from mrsa.service.rsa_chat import new_run, rsa_params
+from mrsa.service.rsa_request import rsa_request
 from mrsa.service.runs import StoredRun, new_run_id
 from mrsa.service.streaming import EventStream, sse
 from mrsa.service.wire import ChatCompletionRequest, RunObject
@@ -24,6 +25,7 @@ router = APIRouter()
 async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
     """Start a background RSA run (the body of a chat completion; without ``rsa`` the server's
     defaults, or the preset of its ``reasoning_effort``)."""
+    rsa_request(await request.json())  # a field a run cannot honour is refused by name
     engine = served(body.model, request)
     rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort) or {}
     return await submit_run(body.model_copy(update={"rsa": rsa}), request, engine)

@@ -15,6 +15,8 @@ VALUES = {
     "engine.gpu_memory_utilization": ("0.2", 0.2),
     "engine.cpu_kvcache_space_gib": ("2", 2.0),
     "engine.cca_ops": ("reference", "reference"),
+    "engine.tool_call_parser": ("hermes", "hermes"),
+    "engine.reasoning_parser": ("qwen3", "qwen3"),
     "engine.upstreams": ("http://10.0.0.5:8000", ["http://10.0.0.5:8000"]),
 }
 
