@@ -98,24 +98,28 @@ async def replay(runs: RunManager, owner: str, resp_id: str, data: dict[str, Any
 async def _translate(runs: RunManager, owner: str, resp_id: str, data: dict[str, Any], event: dict[str, Any],
                      seq: EventSequence, rsa: bool) -> list[dict[str, Any]]:
     kind = event.get("event")
-    progress = [seq.progress(event)] if rsa else []
+
+    def progress() -> list[dict[str, Any]]:  # numbered where it is placed
+        return [seq.progress(event)] if rsa else []
+
     if kind == "run_started":
         queued = response_object(resp_id, data["created_at"], data["model"], data["echo"], "queued")
-        return [seq.lifecycle("response.created", queued), *progress]
+        return [seq.lifecycle("response.created", queued), *progress()]
     if kind == "run_running":
         running = response_object(resp_id, data["created_at"], data["model"], data["echo"], "in_progress")
         return [seq.lifecycle("response.in_progress", running)]
     if kind in ("run_completed", "run_failed", "run_cancelled"):
         stored = await runs.get(owner, resp_id)
         if stored is None:  # deleted while followed
-            return progress
+            return progress()
+        logged = progress()
         response = await background_object(runs, stored, data)
         text = None
         if response.status in ("completed", "incomplete"):
             assert stored.result is not None
             text = ChatCompletion(**stored.result).choices[0].message.content
-        return [*progress, *final_events(response, text, seq)]
-    return progress
+        return [*logged, *final_events(response, text, seq)]
+    return progress()
 
 
 def synthesized(response: ResponseObject, after: int) -> list[dict[str, Any]]:
