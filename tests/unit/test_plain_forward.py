@@ -136,3 +136,41 @@ async def test_rsa_accepts_fields_that_ask_for_nothing(served) -> None:
     response = await http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["rsa"]["calls"] >= 2 and engine.openai.calls == []
+
+
+async def test_a_client_that_leaves_a_plain_stream_aborts_its_engine_requests() -> None:
+    import asyncio
+    import json
+
+    engine = FakeEngine(delay=0.05, length=400)  # slow: the client leaves mid-stream
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    body = json.dumps({"model": "fake-model", "messages": QUESTION, "stream": True, "n": 2}).encode()
+    hung_up = asyncio.Event()
+    sent: list[dict] = []
+    asked = False
+
+    async def receive() -> dict:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+        if message.get("type") == "http.response.body" and b"content" in message.get("body", b""):
+            hung_up.set()  # the first tokens arrived: leave
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                                               (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    async with app.router.lifespan_context(app):
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        assert engine.num_in_flight() == 0
+        assert app.state.plain_admission.running == 0  # the slot was given back
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
+    assert len(engine.requests) == 2 and all(r.aborted for r in engine.requests)
+    assert all(r.completion_tokens < 100 for r in engine.requests)  # stopped, not run to the end
