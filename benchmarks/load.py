@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,13 @@ from pathlib import Path
 import httpx
 import psutil
 
+from benchmarks.servers import free_port, stop, wait_healthy
+
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = [{"role": "user", "content": "What is 7 + 5? Put the answer in \\boxed{}."}]
 SMALL_RSA = {"population": 2, "k": 2, "rounds": 2, "tail_tokens": 16, "trace_max_tokens": 16,
              "selection": "majority"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -167,37 +162,13 @@ def _start_server(args: argparse.Namespace, port: int, store: Path) -> subproces
     )
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            r = httpx.get(f"{url}/health", timeout=2)
-            if r.status_code == 200:
-                return r.json()["model"]
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError("server did not start")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-
-
 def run(args: argparse.Namespace) -> dict:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="mrsa-load-") as tmp:
         proc = _start_server(args, port, Path(tmp) / "runs.sqlite3")
         try:
-            model = _wait_healthy(url, proc)
+            model = wait_healthy(url, proc).json()["model"]
             httpx.post(f"{url}/v1/chat/completions", timeout=120,
                        json={"model": model, "messages": QUESTION, "max_tokens": 4})  # warm-up
             sampler = RssSampler(proc.pid)
@@ -213,7 +184,7 @@ def run(args: argparse.Namespace) -> dict:
             after = httpx.get(f"{url}/health", timeout=10).json()
             sampler.stop()
         finally:
-            _stop(proc)
+            stop(proc)
     during = [s for s in sampler.samples if t0 <= s[0] <= t1]
     third = max(1, len(during) // 3)
     mib = 1 / (1 << 20)

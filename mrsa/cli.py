@@ -115,6 +115,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.load import main as load_main
 
         return load_main(args.bench_args[1:])
+    if which == ["plain"]:  # mrsa bench plain --help
+        from benchmarks.plain_vs_vllm import main as plain_main
+
+        return plain_main(args.bench_args[1:])
     if which == ["engine"]:  # mrsa bench engine --help
         from benchmarks.engine_speed import main as engine_main
 
@@ -176,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="benchmarks (from a checkout): P1 HTTP overhead, P3 dataflow vs rounds; "
-        "`bench load`: concurrent clients; `bench engine`: engine tok/s per dtype and CPU reserve"
+        "`bench load`: concurrent clients; `bench engine`: engine tok/s per dtype and CPU reserve; "
+        "`bench plain`: plain requests here vs vllm serve"
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
