@@ -6,6 +6,7 @@ and so service/ never imports vLLM itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from mrsa.engine.base import Engine
+from mrsa.engine.base import Engine, EngineError
 from mrsa.engine.config import EngineConfig
 from mrsa.service import metrics
 from mrsa.service.admission import Admission
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
         for pool in (app.state.plain_admission, runs.admission):  # scraped, never stale
             metrics.track_admission(pool.what, lambda p=pool: p.queued, lambda p=pool: p.running)
         try:
+            with contextlib.suppress(EngineError):  # builds vLLM's plain-request layer now, not on a first request
+                await engine.openai.models()
             resumed = await runs.start(engine)
             if resumed:
                 log.info("resumed %d background runs", resumed)
