@@ -74,6 +74,8 @@ def enveloped(status: int, body: dict | None) -> dict | None:
     error = error if isinstance(error, dict) else {}
     message = error.get("message") or (json.dumps(body) if body else HTTPStatus(status).phrase)
     code = error.get("code")
+    if status == 400 and "maximum context length" in str(message):
+        code = "context_length_exceeded"  # OpenAI's code for it, which clients test
     return APIError(
         str(message),
         status=status,

@@ -43,12 +43,14 @@ async def json_object(request: Request) -> dict:
 
 
 def _plain_model(raw: dict, request: Request) -> None:
-    """What the service itself checks of a plain request: a served model, and ``n`` within
-    the operator's limit. The rest is vLLM's to validate."""
+    """What the service itself checks of a plain request: a served model when it names one
+    (none: the first, as vLLM does), and ``n`` within the operator's limit. The rest is
+    vLLM's to validate."""
     model = raw.get("model")
-    if not isinstance(model, str):
-        raise APIError("`model` is required: a string naming a served model", param="model", code="invalid_value")
-    served(model, request)
+    if isinstance(model, str):
+        served(model, request)
+    elif model is not None:
+        raise APIError("`model` must be a string naming a served model", param="model", code="invalid_value")
     n = raw.get("n")
     limit = settings_of(request).max_n
     if isinstance(n, int) and not isinstance(n, bool) and n > limit:

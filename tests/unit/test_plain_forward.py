@@ -71,8 +71,10 @@ async def test_the_layers_errors_come_in_our_envelope(served) -> None:
     assert response.status_code == 400
     assert response.json() == {"error": {"message": "tokens must be a list of token ids",
                                          "type": "invalid_request_error", "param": "tokens", "code": "bad_request"}}
-    missing = await http.post("/v1/completions", json={"prompt": "x"})
-    assert missing.status_code == 400 and missing.json()["error"]["param"] == "model"
+    missing = await http.post("/v1/completions", json={"prompt": "x"})  # no model: the served one, as vLLM
+    assert missing.status_code == 200 and missing.json()["choices"][0]["text"]
+    wrong = await http.post("/v1/completions", json={"model": 3, "prompt": "x"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "model"
     other = await http.post("/v1/completions", json={"model": "other", "prompt": "x"})
     assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
 
