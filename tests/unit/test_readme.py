@@ -72,6 +72,7 @@ def test_the_admission_table_shows_the_settings_defaults() -> None:
     for field in AdmissionSettings.model_fields:
         assert rows[f"`MRSA_ADMISSION__{field.upper()}`"] == _shown(getattr(admission, field)), field
     assert rows["`MRSA_MAX_BODY_BYTES`"] == f"{Settings().max_body_bytes // 2**20} MiB"
+    assert rows["`MRSA_STORE_TTL_S`"] == f"{Settings().store_ttl_s:g}"
 
 
 def _commands() -> list[tuple[list[str], list[str]]]:
