@@ -68,6 +68,7 @@ def _plain_params(body: ResponseRequest, engine: Engine, messages: list[dict[str
 
 
 async def prepare(body: ResponseRequest, request: Request, resp_id: str) -> Prepared:
+    body.check_supported()
     engine = served(body.model, request)
     settings = settings_of(request)
     rsa = settings.rsa_object(body.rsa, body.effort)

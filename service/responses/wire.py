@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from mrsa.service.errors import APIError
 from mrsa.service.settings import Effort
 from mrsa.service.wire import RSA_SCHEMA, ErrorBody, UsageInfo
 
@@ -66,11 +67,28 @@ class ReasoningConfig(BaseModel):
     summary: str | None = None  # accepted; the summary is the model's own <think> text
 
 
-class ResponseRequest(BaseModel):
-    """``POST /v1/responses``: OpenAI's fields (text input only) plus our ``rsa`` object.
-    Unknown fields are ignored, as in chat completions."""
+IGNORED = frozenset({"user", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "service_tier",
+                     "stream_options"})
+"""Fields that change nothing an answer holds (identifiers, cache and delivery hints)."""
 
-    model_config = ConfigDict(extra="ignore")
+NEUTRAL: dict[str, list[Any]] = {
+    "tools": [[]],
+    "tool_choice": ["none", "auto"],
+    "parallel_tool_calls": [True, False],
+    "text": [{"format": {"type": "text"}}],
+    "truncation": ["disabled"],
+    "include": [[]],
+    "top_logprobs": [0],
+}
+"""Other fields of OpenAI's, with the values that ask for nothing a text-only run would do."""
+
+
+class ResponseRequest(BaseModel):
+    """``POST /v1/responses``: OpenAI's fields (text input only) plus our ``rsa`` object. Any
+    other field is refused by name (:meth:`check_supported`) unless it asks for nothing: nothing
+    is silently dropped, as in RSA chat completions."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     input: Input
@@ -87,6 +105,17 @@ class ResponseRequest(BaseModel):
     rsa: Annotated[dict[str, Any], WithJsonSchema(RSA_SCHEMA)] | None = Field(
         None, description="Markovian RSA parameters (as in chat completions); omit for plain."
     )
+
+    def check_supported(self) -> None:
+        """Raise the 400 naming the first field this server would have to ignore."""
+        for name, value in (self.model_extra or {}).items():
+            if value is None or name in IGNORED or value in NEUTRAL.get(name, []):
+                continue
+            raise APIError(
+                f"`{name}` is not supported here (text responses honour: "
+                f"{', '.join(sorted(type(self).model_fields))}).",
+                param=name, code="unsupported_parameter",
+            )
 
     @property
     def effort(self) -> str | None:

@@ -154,6 +154,13 @@ async def test_store_false_keeps_nothing(engine_and_client) -> None:
     assert missing.value.body["param"] == "previous_response_id"
 
 
+async def test_fields_that_ask_for_nothing_are_accepted(engine_and_client) -> None:
+    _, client = engine_and_client
+    out = await client.responses.create(model="fake-model", input="What is 6 * 7?", tools=[], tool_choice="auto",
+                                        text={"format": {"type": "text"}}, truncation="disabled", user="u1")
+    assert out.status == "completed"
+
+
 async def test_max_output_tokens_cut_is_incomplete(engine_and_client) -> None:
     _, client = engine_and_client
     out = await client.responses.create(model="fake-model", input="What is 6 * 7?", max_output_tokens=3)
@@ -172,6 +179,8 @@ async def test_max_output_tokens_cut_is_incomplete(engine_and_client) -> None:
         ({"model": "fake-model", "input": [{"role": "wizard", "content": "hi"}]}, 400, "input.0.role"),
         ({"model": "fake-model", "input": "hi", "max_output_tokens": 10**6}, 400, "messages"),
         ({"model": "fake-model", "input": "hi", "previous_response_id": "resp_nope"}, 404, "previous_response_id"),
+        ({"model": "fake-model", "input": "hi", "tools": [{"type": "web_search"}]}, 400, "tools"),
+        ({"model": "fake-model", "input": "hi", "text": {"format": {"type": "json_object"}}}, 400, "text"),
     ],
 )
 async def test_bad_input_gets_the_envelope(engine_and_client, body: dict, status: int, param: str) -> None:
