@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from mrsa.service import metrics
@@ -87,6 +87,28 @@ async def get_response(response_id: str, request: Request, stream: bool = False,
             yield sse_event(event)
 
     return EventStream(lines())
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def input_items(response_id: str, request: Request, order: Literal["asc", "desc"] = "desc",
+                      limit: int = Query(20, ge=1, le=100), after: str | None = None) -> dict[str, Any]:
+    """The conversation the response answered (a previous response's turns included, the
+    instructions not), as message items; newest first unless ``order=asc``."""
+    _, data = await _found(request, response_id)
+    suffix = response_id.removeprefix("resp_")
+    items = [
+        {"id": f"msg_{suffix}_{i}", "type": "message", "role": m["role"], "status": "completed",
+         "content": [{"type": "output_text" if m["role"] == "assistant" else "input_text", "text": m["content"]}]}
+        for i, m in enumerate(data["conversation"])
+    ]
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
 
 
 @router.post("/v1/responses/{response_id}/cancel", response_model=ResponseObject)

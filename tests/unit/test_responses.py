@@ -133,6 +133,11 @@ async def test_stored_response_is_retrieved_and_continued(engine_and_client) -> 
     assert "What is 6 * 7?" in prompt and first.output_text in prompt and prompt.index("And 7 * 8?") > prompt.index(
         first.output_text)
     assert second.previous_response_id == first.id
+    items = await client.responses.input_items.list(second.id, order="asc")
+    assert [(i.role, i.content[0].text) for i in items.data] == [
+        ("user", "What is 6 * 7?"), ("assistant", first.output_text), ("user", "And 7 * 8?")]
+    newest = await client.responses.input_items.list(second.id, limit=1)
+    assert [i.content[0].text for i in newest.data] == ["And 7 * 8?"] and newest.has_more
     replayed = await client.responses.retrieve(first.id, stream=True)
     events = [e async for e in replayed]
     assert events[-1].type == "response.completed" and events[-1].response.output_text == first.output_text
