@@ -9,8 +9,10 @@ the machine falls on both:
 - latency: one non-streaming chat completion of exactly ``--tokens`` tokens (``ignore_eos``);
 - throughput: ``--concurrency`` such requests at once, generated tokens per second.
 
-Goal: the service within 5% of ``vllm serve`` (ratios of the medians). Results are printed and
-written as JSON to ``benchmarks/results/``.
+Goal: the service within 5% of ``vllm serve`` (ratios of the medians). Then, on the same service,
+one RSA run with the server's defaults (README's example question, seed 1): its usage says what
+share of an RSA run's prompt tokens vLLM's prefix cache served (``cached_tokens``). Results
+are printed and written as JSON to ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "bench-model"
 QUESTION = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+RSA_QUESTION = [{"role": "user", "content": "What is 7 + 5? Answer in \\boxed{}."}]
 
 
 def _engine_flags(model: str, args: argparse.Namespace) -> tuple[list[str], dict[str, str], bool]:
@@ -107,6 +110,17 @@ async def _measure(urls: dict[str, str], args: argparse.Namespace) -> dict:
     out["throughput_ratio_service_over_vllm"] = (
         out["service"]["throughput_median_tok_s"] / out["vllm"]["throughput_median_tok_s"])
     out["goal"] = "latency ratio <= 1.05 and throughput ratio >= 0.95"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800)) as http:
+        t0 = time.perf_counter()
+        r = await http.post(f"{urls['service']}/v1/chat/completions", json={
+            "model": NAME, "messages": RSA_QUESTION, "rsa": {"seed": 1}})
+        r.raise_for_status()
+        body = r.json()
+    usage = body["usage"]
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    out["rsa_run"] = {"seconds": time.perf_counter() - t0, "usage": usage, "answer": body["rsa"]["answer"],
+                      "cached_share_of_prompt_tokens": cached / usage["prompt_tokens"]}
+    print(f"rsa run: {usage['prompt_tokens']} prompt tokens, {cached} from the prefix cache", flush=True)
     return out
 
 
