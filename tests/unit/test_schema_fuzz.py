@@ -30,6 +30,11 @@ EXAMPLES = {
     ("GET", "/v1/rsa/runs/{run_id}"): 60,
     ("DELETE", "/v1/rsa/runs/{run_id}"): 60,
     ("GET", "/v1/rsa/runs/{run_id}/events"): 60,
+    ("POST", "/v1/responses"): 400,
+    ("GET", "/v1/responses/{response_id}"): 60,
+    ("POST", "/v1/responses/{response_id}/cancel"): 40,
+    ("DELETE", "/v1/responses/{response_id}"): 40,
+    ("GET", "/v1/responses/{response_id}/input_items"): 40,
     ("GET", "/v1/models"): 10,
     ("GET", "/health"): 10,
 }
@@ -76,6 +81,8 @@ def _served_model(case):
         if case.operation.path == "/v1/rsa/runs":
             for name in ("stream", "n", "stop"):
                 case.body.pop(name, None)
+        if case.operation.path == "/v1/responses":
+            case.body.pop("previous_response_id", None)  # else nearly every one is a 404
     return case
 
 
