@@ -60,7 +60,8 @@ class EngineConfig(BaseModel):
         None, description="vLLM's --tool-call-parser for plain requests' tool calls (e.g. hermes)."
     )
     enable_auto_tool_choice: bool = Field(
-        False, description="vLLM's --enable-auto-tool-choice: the model may call tools by itself (needs a parser)."
+        False, description="vLLM's --enable-auto-tool-choice: loads the tool-call parser (vLLM 0.32 uses it only "
+        "then, for every tool_choice)."
     )
     reasoning_parser: str | None = Field(
         None, description="vLLM's --reasoning-parser (e.g. qwen3): a reasoning model's thinking goes to `reasoning`."

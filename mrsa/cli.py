@@ -23,6 +23,7 @@ SHORT_FLAGS = {
     "engine.cpu_kvcache_space_gib": "cpu-kvcache-space",
     "engine.cca_ops": "cca-ops",
     "engine.tool_call_parser": "tool-call-parser",
+    "engine.enable_auto_tool_choice": "enable-auto-tool-choice",
     "engine.reasoning_parser": "reasoning-parser",
     "engine.upstreams": "upstream",
 }

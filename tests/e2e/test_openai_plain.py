@@ -50,8 +50,9 @@ ANSWER_SCHEMA = {
 # Same context and precision for both servers, so their answers agree in shape.
 VLLM_FLAGS = ["--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32", "--enforce-eager",
               "--gpu-memory-utilization", "0.15"]
-# vLLM 0.32 wants a tool-call parser even for a named tool_choice; any will do for that.
-PARSER = ("--tool-call-parser", "hermes")
+# vLLM 0.32 loads a tool-call parser only with --enable-auto-tool-choice, and wants one even for a
+# named tool_choice (any parser will do for that).
+PARSER = ("--tool-call-parser", "hermes", "--enable-auto-tool-choice")
 
 Answers = dict[str, Any]
 

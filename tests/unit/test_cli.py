@@ -16,6 +16,7 @@ VALUES = {
     "engine.cpu_kvcache_space_gib": ("2", 2.0),
     "engine.cca_ops": ("reference", "reference"),
     "engine.tool_call_parser": ("hermes", "hermes"),
+    "engine.enable_auto_tool_choice": (None, True),  # a switch: no value
     "engine.reasoning_parser": ("qwen3", "qwen3"),
     "engine.upstreams": ("http://10.0.0.5:8000", ["http://10.0.0.5:8000"]),
 }
@@ -39,8 +40,9 @@ def test_every_shortcut_has_a_case_here() -> None:
 @pytest.mark.parametrize("path", sorted(SHORT_FLAGS))
 def test_each_shortcut_sets_its_setting(path: str) -> None:
     given, expected = VALUES[path]
-    assert _at(_settings(f"--{SHORT_FLAGS[path]}", given), path) == expected
-    assert _at(_settings(f"--{path.replace('_', '-')}", given), path) == expected  # the long form
+    value = () if given is None else (given,)
+    assert _at(_settings(f"--{SHORT_FLAGS[path]}", *value), path) == expected
+    assert _at(_settings(f"--{path.replace('_', '-')}", *value), path) == expected  # the long form
 
 
 def test_several_served_names_and_upstreams() -> None:
