@@ -140,11 +140,13 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Answers]:
         got = {"ours": _requests(server.client(timeout=120), server.url, server.model)}
     finally:
         stop_server(proc)
-    vllm, url = _start_vllm(str(ensure_model(SMALL_MODEL)), server.model, tmp)
+    checkpoint = str(ensure_model(SMALL_MODEL))
+    vllm, url = _start_vllm(checkpoint, server.model, tmp)
     try:
         got["vllm"] = _requests(openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120),
                                 url, server.model)
-        proc, remote = start_server(tmp, args=("--upstream", url))
+        proc, remote = start_server(tmp, args=("--model", checkpoint, "--served-model-name", server.model,
+                                               "--upstream", url))
         try:
             got["remote"] = _requests(remote.client(timeout=120), remote.url, remote.model)
         finally:
