@@ -21,7 +21,8 @@ from tests.e2e.test_durable import crash
 
 HERE = Path(__file__).resolve().parent
 INPUT = "What is 7 + 5? Put the answer in \\boxed{}."
-# Exact-length traces (ignore_eos): 3 rounds of 3 traces of 24 tokens, then a final aggregation.
+# Exact-length traces (ignore_eos): 3 rounds of 3 traces of 24 tokens, then a final aggregation
+# of 24 tokens, which hits its limit: such a response ends `incomplete` (max_output_tokens).
 RUN = {"population": 3, "k": 2, "rounds": 3, "tail_tokens": 16, "trace_max_tokens": 24, "seed": 7,
        "selection": "aggregate", "final_max_tokens": 24, "ignore_eos": True}
 # Small server defaults, so that reasoning.effort presets run quickly on a CPU.
@@ -68,7 +69,7 @@ def test_plain_effort_and_stream(served: Server) -> None:
     events = list(c.responses.create(model=served.model, input=INPUT, stream=True, extra_body={"rsa": RUN}))
     assert [e.sequence_number for e in events] == list(range(len(events)))
     types = [e.type for e in events]
-    assert types[0] == "response.created" and types[-1] == "response.completed"
+    assert types[0] == "response.created" and types[-1] == "response.incomplete"
     assert sum(e.type == "rsa.progress" and e.rsa["event"] == "node_finished" for e in events) == 9
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == events[-1].response.output_text
@@ -80,7 +81,7 @@ def test_background_cancel_and_foreign_ids(served: Server) -> None:
     job = alice.responses.create(model=served.model, input=INPUT, background=True, extra_body={"rsa": RUN})
     assert job.status in ("queued", "in_progress")
     done = until(alice, job.id, lambda r: r.status in ENDED)
-    assert done.status == "completed" and done.output_text.strip()
+    assert done.status == "incomplete" and done.output_text.strip()
     assert done.usage.output_tokens >= 9 * 24
 
     for call in (lambda: bob.responses.retrieve(job.id), lambda: bob.responses.cancel(job.id),
@@ -114,7 +115,7 @@ def test_the_js_sdk_parses_responses_and_their_stream(served: Server, tmp_path: 
     out = subprocess.run(["node", str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr + out.stdout
     summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["progress"] > 0 and summary["background"] == "completed"
+    assert summary["progress"] > 0 and summary["background"] == "incomplete"
 
 
 def test_a_background_response_survives_kill_9(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_a_background_response_survives_kill_9(tmp_path: Path) -> None:
     try:
         c = client(server)
         done = until(c, job.id, lambda r: r.status in ENDED)
-        assert done.status == "completed" and done.output_text.strip()
+        assert done.status == "incomplete" and done.output_text.strip()
         # every trace, pre-crash ones included: 9 traces of exactly 24 tokens, then the final
         assert done.usage.output_tokens_details.reasoning_tokens == 9 * 24
         assert done.usage.output_tokens >= 9 * 24
@@ -150,4 +151,4 @@ def test_a_background_response_survives_kill_9(tmp_path: Path) -> None:
     assert numbers == list(range(len(numbers)))  # no gap, no duplicate across the crash
     assert [e.to_dict() for e in before + after] == [e.to_dict() for e in whole]
     assert "run_resumed" in [e.rsa["event"] for e in after if e.type == "rsa.progress"]
-    assert whole[-1].type == "response.completed" and whole[-1].response.output_text == done.output_text
+    assert whole[-1].type == "response.incomplete" and whole[-1].response.output_text == done.output_text

@@ -11,12 +11,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
 from mrsa.service.app import create_app
+from mrsa.service.runs import manager as manager_module
+from mrsa.service.runs import store as store_module
 from mrsa.service.responses import stored
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
@@ -161,8 +164,22 @@ async def _logged_so_far(app, resp_id: str) -> list[dict]:
     return out
 
 
-async def test_expired_and_deleted_responses_are_404() -> None:
-    async with serving(_engine(), store_ttl_s=0.2) as client:
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch):
+    """``later(s)`` moves the clock of the run store and manager ``s`` seconds ahead."""
+    shift = [0.0]
+    clock = SimpleNamespace(time=lambda: time.time() + shift[0])
+    monkeypatch.setattr(manager_module, "time", clock)
+    monkeypatch.setattr(store_module, "time", clock)
+
+    def advance(seconds: float) -> None:
+        shift[0] += seconds
+
+    return advance
+
+
+async def test_expired_and_deleted_responses_are_404(later) -> None:
+    async with serving(_engine(), store_ttl_s=3600) as client:
         kept = await client.responses.create(model="fake-model", input=QUESTION)
         background = await client.responses.create(model="fake-model", input=QUESTION, background=True)
         await until(client, background.id, {"completed"})
@@ -170,7 +187,7 @@ async def test_expired_and_deleted_responses_are_404() -> None:
         await client.responses.delete(deleted.id)
         with pytest.raises(openai.NotFoundError):
             await client.responses.delete(deleted.id)
-        await asyncio.sleep(0.3)
+        later(3601)
         for resp_id in (kept.id, background.id, deleted.id):
             with pytest.raises(openai.NotFoundError) as gone:
                 await client.responses.retrieve(resp_id)
@@ -196,17 +213,17 @@ async def test_a_foreign_key_sees_no_background_response() -> None:
             assert (await alice.responses.cancel(queued.id)).status == "cancelled"
 
 
-async def test_the_store_file_stays_bounded_under_a_soak(tmp_path: Path) -> None:
+async def test_the_store_file_stays_bounded_under_a_soak(tmp_path: Path, later) -> None:
     db = tmp_path / "runs.sqlite3"
     sizes = []
-    async with serving(_engine(), store_path=db, store_ttl_s=1.0) as client:
+    async with serving(_engine(), store_path=db, store_ttl_s=3600) as client:
         for _ in range(4):
             for _ in range(6):
                 queued = await client.responses.create(model="fake-model", input=QUESTION * 20, background=True,
                                                        extra_body={"rsa": {**RSA, "rounds": 2}})
                 await until(client, queued.id, {"completed"})
                 await client.responses.create(model="fake-model", input=QUESTION * 20)
-            time.sleep(1.05)  # everything so far expires; the next writes remove it
+            later(3601)  # everything so far expires; the next writes remove it
             await client.responses.create(model="fake-model", input=QUESTION)
             sizes.append(db.stat().st_size)
     with sqlite3.connect(db) as check:
