@@ -69,12 +69,12 @@ def mixed_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -
 
 async def _ask(model: str, prompts: list[MixedPrompt], style: str, max_tokens: int, temperature: float,
                top_p: float, kv_cache_gib: float) -> list[dict]:
+    from mrsa.engine import create_engine
     from mrsa.engine.base import SamplingParams
     from mrsa.engine.config import EngineConfig
-    from mrsa.engine.local import LocalEngine
     from mrsa.rsa.prompts import aggregation_messages
 
-    async with LocalEngine(EngineConfig(model=model, cpu_kvcache_space_gib=kv_cache_gib)) as engine:
+    async with create_engine(EngineConfig(model=model, cpu_kvcache_space_gib=kv_cache_gib)) as engine:
 
         async def one(i: int, p: MixedPrompt) -> dict:
             ids = engine.tokenizer.apply_chat_template(aggregation_messages(p.problem.messages(), p.tails, style))
