@@ -160,12 +160,12 @@ def test_a_forced_tool_call_is_made_with_arguments_that_parse(answers: dict[str,
     message = answers["ours"]["tool"]["choices"][0]["message"]
     (call,) = message["tool_calls"]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
-    # The protocol, not the model: the arguments vLLM constrained to the tool's schema are JSON.
-    # (The 135M model's come back as a JSON-encoded string rather than the object itself.)
+    # The protocol, not the model: the arguments are JSON that vLLM constrained to the schema.
+    # (vLLM 0.32 answered this single-property tool with the bare value, '"Paris"', on both
+    # servers; the shape comparison below holds it to what vllm serve does.)
     arguments = json.loads(call["function"]["arguments"])
-    if isinstance(arguments, str):
-        arguments = json.loads(arguments)
-    assert arguments["city"] in ("Paris", "Rome"), call
+    city = arguments["city"] if isinstance(arguments, dict) else arguments
+    assert city in ("Paris", "Rome"), call
 
 
 def test_a_json_schema_answer_parses(answers: dict[str, Answers]) -> None:
