@@ -161,8 +161,7 @@ def test_a_forced_tool_call_is_made_with_arguments_that_parse(answers: dict[str,
     (call,) = message["tool_calls"]
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     # The protocol, not the model: the arguments are JSON that vLLM constrained to the schema.
-    # (vLLM 0.32 answered this single-property tool with the bare value, '"Paris"', on both
-    # servers; the shape comparison below holds it to what vllm serve does.)
+    # (vLLM 0.32 answered this single-property tool with the bare value, '"Paris"'.)
     arguments = json.loads(call["function"]["arguments"])
     city = arguments["city"] if isinstance(arguments, dict) else arguments
     assert city in ("Paris", "Rome"), call
