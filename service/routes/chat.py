@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import TypeAdapter, ValidationError
 
 from mrsa.service import plain, rsa_chat
 from mrsa.service.context import engine_of, served, settings_of
@@ -42,6 +43,20 @@ async def json_object(request: Request) -> dict:
     return raw
 
 
+_INT = TypeAdapter(int)
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as the integer vLLM's request model would read from it (``"3"``, ``3.0`` and
+    ``3`` alike), or None when it reads none (vLLM refuses it then)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return _INT.validate_python(value)
+    except ValidationError:
+        return None
+
+
 def _plain_model(raw: dict, request: Request) -> None:
     """What the service itself checks of a plain request: a served model when it names one
     (none: the first, as vLLM does), and ``n`` within the operator's limit. The rest is
@@ -51,9 +66,9 @@ def _plain_model(raw: dict, request: Request) -> None:
         served(model, request)
     elif model is not None:
         raise APIError("`model` must be a string naming a served model", param="model", code="invalid_value")
-    n = raw.get("n")
+    n = _as_int(raw.get("n"))
     limit = settings_of(request).max_n
-    if isinstance(n, int) and not isinstance(n, bool) and n > limit:
+    if n is not None and n > limit:
         raise APIError(f"n={n} exceeds this server's limit of {limit}", param="n")
 
 

@@ -133,6 +133,9 @@ async def test_plain_completion_without_rsa(engine_and_client) -> None:
         ({"model": "fake-model", "messages": QUESTION, "rsa": {"budget_tokens": 5}}, 400, "rsa.budget_tokens"),
         ({"model": "fake-model", "messages": QUESTION, "stop": ["a"], "rsa": {}}, 400, "stop"),
         ({"model": "fake-model", "messages": QUESTION, "n": 99}, 400, "n"),
+        # vLLM's request model reads "99" and 99.0 as 99: the limit must too
+        ({"model": "fake-model", "messages": QUESTION, "n": "99"}, 400, "n"),
+        ({"model": "fake-model", "messages": QUESTION, "n": 99.0}, 400, "n"),
         ({"model": "fake-model", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
     ],
 )
