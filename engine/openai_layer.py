@@ -101,6 +101,7 @@ async def _call(model: Any, body: dict, handler: Callable[[Any], Awaitable[Any]]
     """Validate ``body`` as vLLM's route would, run ``handler``, and answer as the route does:
     an ``ErrorResponse`` with its code, a response model as 200 JSON, a generator as a stream."""
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
     try:
         request = TypeAdapter(model).validate_python(body)
@@ -108,8 +109,10 @@ async def _call(model: Any, body: dict, handler: Callable[[Any], Awaitable[Any]]
         return invalid(exc)
     try:
         result = await handler(request)
-    except (ValueError, TypeError, NotImplementedError) as exc:  # what vLLM's handlers let escape
-        return error(str(exc), 400 if not isinstance(exc, NotImplementedError) else 501)
+    except Exception as exc:  # noqa: BLE001 - what vLLM's handlers let escape
+        # (a prompt over the context is a VLLMValidationError), answered as vllm serve's
+        # exception handlers answer it: client errors 4xx with their param, the rest 500.
+        result = create_error_response(exc)
     if isinstance(result, ErrorResponse):
         return OpenAIResult(status=result.error.code, body=result.model_dump())
     if isinstance(result, BaseModel):
