@@ -59,8 +59,11 @@ def _engine_flags(model: str, args: argparse.Namespace) -> tuple[list[str], dict
     return flags, env, d["enforce_eager"]
 
 
-def _start(kind: str, model: str, port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen:
-    flags, env, eager = _engine_flags(model, args)
+def _start(kind: str, model: str, port: int, args: argparse.Namespace, log: Path,
+           shared: tuple[list[str], dict[str, str], bool]) -> subprocess.Popen:
+    """``shared``: what :func:`_engine_flags` chose, the same for both servers."""
+    flags, shared_env, eager = shared
+    env = dict(shared_env)
     if kind == "vllm":
         cmd = [str(Path(sys.executable).parent / "vllm"), "serve", model, "--served-model-name", NAME]
         if eager:
@@ -128,14 +131,15 @@ def run(args: argparse.Namespace) -> dict:
     from mrsa.engine.provision import ensure_model
 
     model = str(ensure_model(args.model))
-    flags, _, _ = _engine_flags(model, args)
+    shared = _engine_flags(model, args)
+    flags = shared[0]
     with tempfile.TemporaryDirectory(prefix="mrsa-plain-") as tmp:
         procs: dict[str, subprocess.Popen] = {}
         urls: dict[str, str] = {}
         try:
             for kind in ("vllm", "service"):  # one at a time: two engines loading at once thrash
                 port = free_port()
-                procs[kind] = _start(kind, model, port, args, Path(tmp) / f"{kind}.log")
+                procs[kind] = _start(kind, model, port, args, Path(tmp) / f"{kind}.log", shared)
                 urls[kind] = f"http://127.0.0.1:{port}"
                 try:
                     wait_healthy(urls[kind], procs[kind], timeout=600)
