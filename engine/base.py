@@ -62,6 +62,24 @@ class Tokenizer(Protocol):
         ...
 
 
+@runtime_checkable
+class ReasoningParser(Protocol):
+    """Which part of one generation is the model's thinking: vLLM's ``--reasoning-parser`` for
+    the output of a single request (stateful: one per generation)."""
+
+    def split(self, text: str, token_ids: Sequence[int]) -> tuple[str | None, str | None]:
+        """``(reasoning, content)`` of a whole output; either is None where the output has none."""
+        ...
+
+    def delta(self, text: str, token_ids: Sequence[int], *, finished: bool) -> tuple[str, str]:
+        """``(reasoning, content)`` of the next streamed delta, given in order (either may be empty)."""
+        ...
+
+    def reasoning_tokens(self, token_ids: Sequence[int]) -> int:
+        """How many of a whole output's tokens are reasoning."""
+        ...
+
+
 @dataclass(frozen=True)
 class OpenAIResult:
     """The answer to a plain OpenAI request: a JSON ``body`` with its ``status``, or (a
@@ -116,6 +134,11 @@ class Engine(Protocol):
     max_model_len: int
     openai: OpenAIServing
     """Plain requests, served by vLLM's own OpenAI layer (in process, or a replica's)."""
+
+    def reasoning_parser(self, prompt_ids: Sequence[int]) -> ReasoningParser | None:
+        """A fresh parser for the output of a request on ``prompt_ids``; None when the server
+        has no reasoning parser (outputs are then all content)."""
+        ...
 
     def generate(
         self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str

@@ -16,6 +16,7 @@ from pathlib import Path
 from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
 from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
 from mrsa.engine.openai_layer import VllmOpenAI
+from mrsa.engine.reasoning import reasoning_parsers
 from mrsa.engine.tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class LocalEngine(AsyncCloseable):
         self._llm = AsyncLLM.from_engine_args(args)
         self.max_model_len: int = self._llm.model_config.max_model_len
         self.tokenizer = HFTokenizer(model)
+        self.reasoning_parser = reasoning_parsers(config.reasoning_parser, self.tokenizer)
         self.openai = VllmOpenAI(self._llm, model, self.served_names, config)
 
     async def generate(

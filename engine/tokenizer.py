@@ -8,16 +8,25 @@ replicas agree with it before serving).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class HFTokenizer:
     """The engine's tokenizer (the checkpoint's own), behind the small engine.base interface."""
 
-    def __init__(self, model: str) -> None:
-        from transformers import AutoTokenizer  # heavy: only when an engine starts
+    def __init__(self, model: str | Any) -> None:
+        """``model``: a checkpoint folder (or id), or a transformers tokenizer already loaded."""
+        if isinstance(model, str):
+            from transformers import AutoTokenizer  # heavy: only when an engine starts
 
-        self._tok = AutoTokenizer.from_pretrained(model)
+            model = AutoTokenizer.from_pretrained(model)
+        self._tok = model
         self.eos_token_id: int | None = self._tok.eos_token_id
+
+    @property
+    def hf(self):  # type: ignore[no-untyped-def]
+        """The transformers tokenizer itself (for vLLM's parsers, which take one)."""
+        return self._tok
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))

@@ -39,6 +39,7 @@ class MemoEngine(AsyncCloseable):
         self.served_names = engine.served_names
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+        self.reasoning_parser = engine.reasoning_parser
         self._done: dict[str, Completion] = {}
         self._pending: dict[str, asyncio.Future[Completion]] = {}
         self.hits = 0

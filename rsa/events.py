@@ -32,6 +32,7 @@ class NodeRecord:
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, served from the engine's prefix cache
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of a final call's completion_tokens: its reasoning part
     finish_reason: str | None = None
     status: NodeStatus = "finished"
     text: str = ""
@@ -65,7 +66,7 @@ class Usage:
 
 @dataclass
 class RsaResult:
-    content: str
+    content: str  # the final answer's content (with a reasoning parser: the part after the thinking)
     finish_reason: str
     final_mode: FinalMode
     stop_reason: StopReason
@@ -77,6 +78,7 @@ class RsaResult:
     answer: str | None  # the final extracted answer
     trace: list[NodeRecord]
     failed: list[FailedTrace] = field(default_factory=list)  # traces lost to engine errors
+    reasoning: str | None = None  # the final answer's thinking, where the reasoning parser found some
 
     @property
     def degraded(self) -> bool:
@@ -154,7 +156,11 @@ class FinalStarted:
 
 @dataclass(frozen=True)
 class FinalDelta:
+    """A piece of the final answer as it streams: of its ``reasoning`` (the thinking, split by
+    the engine's reasoning parser) or of its content."""
+
     text: str
+    reasoning: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ the deepest round's answer); ``aggregate`` asks the model once more over K membe
 at least two answers could be extracted (a vote of one says nothing), else aggregates. An empty
 pool (deadline before any trace finished) is answered directly from the plain prompt.
 
+Where the engine has a reasoning parser, the answer's text is split as ``vllm serve`` splits a
+reasoning model's output: ``reasoning`` (its thinking) and ``content`` (the rest); the streamed
+:class:`~rsa.events.FinalDelta` pieces say which part they belong to.
+
 The final call draws on the budget's reserve, kept from the start by every run that may need
 it (all but ``selection="majority"``); a call the budget cannot fund at all is not made, and the
 answer is empty with ``finish_reason="length"``. A failed final call fails the run (the run
@@ -19,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrsa.engine.base import Completion, SamplingParams
+from mrsa.engine.base import Completion, ReasoningParser, SamplingParams
 from mrsa.rsa.answers import extract_answer, majority_vote, normalize_answer
 from mrsa.rsa.events import FinalDelta, FinalMode, FinalStarted, NodeRecord
 from mrsa.rsa.node import Node
@@ -59,6 +63,15 @@ def majority_pick(pool: Sequence[Node]) -> Node:
     return pool[0]
 
 
+def split_answer(text: str, token_ids: Sequence[int], parser: ReasoningParser | None) -> tuple[str | None, str]:
+    """``(reasoning, content)`` of a final answer: the reasoning parser's split, or (without a
+    parser) no reasoning and all of the text as content."""
+    if parser is None:
+        return None, text
+    reasoning, content = parser.split(text, token_ids)
+    return reasoning, content or ""
+
+
 @dataclass(frozen=True)
 class FinalCall:
     """The final engine call, decided once evolution is over."""
@@ -79,6 +92,8 @@ class FinalAnswer:
         self.parents: list[int] = []
         self.request: str | None = None  # set while the final call is in flight
         self.record: NodeRecord | None = None
+        self.text = ""  # the answer as the model wrote it
+        self.reasoning: str | None = None  # and split: its thinking, then its content
         self.content = ""
         self.finish_reason = "stop"
 
@@ -94,8 +109,11 @@ class FinalAnswer:
                 voters = [n for nodes in reversed(s.rounds) for n in nodes if n.finished]
             pick = majority_pick(voters)
             self.parents = [n.index for n in pool]
-            self.content, self.finish_reason = pick.completion.text, "stop"
+            self._answer(pick.completion, s.engine.reasoning_parser(pick.prompt_ids or ()))
+            self.finish_reason = "stop"
             s.events.append(FinalStarted(self.mode, list(self.parents)))
+            if self.reasoning:
+                s.events.append(FinalDelta(self.reasoning, reasoning=True))
             if self.content:
                 s.events.append(FinalDelta(self.content))
             return None
@@ -123,10 +141,17 @@ class FinalAnswer:
         )
         return FinalCall(f"{s.run_id}-final", prompt_ids, sampling)
 
-    def settle(self, call: FinalCall, completion: Completion, *, error: str | None = None) -> None:
-        """The final call ended (``error``: it failed): charge its tokens, keep its record."""
+    def _answer(self, completion: Completion, parser: ReasoningParser | None) -> None:
+        self.text = completion.text
+        self.reasoning, self.content = split_answer(completion.text, completion.token_ids, parser)
+
+    def settle(
+        self, call: FinalCall, completion: Completion, parser: ReasoningParser | None, *, error: str | None = None
+    ) -> None:
+        """The final call ended (``error``: it failed): charge its tokens, keep its record.
+        ``parser`` is the one its stream went through (None: the engine has none)."""
         self.scheduler.budget.settle(call.sampling.max_tokens, len(completion.token_ids))
-        self.content = completion.text
+        self._answer(completion, parser)
         self.finish_reason = "error" if error is not None else completion.finish_reason or "abort"
         if error is not None:
             status = "failed"
@@ -144,6 +169,7 @@ class FinalAnswer:
             prompt_tokens=prompt_tokens,
             cached_tokens=completion.cached_tokens,
             completion_tokens=len(completion.token_ids),
+            reasoning_tokens=parser.reasoning_tokens(completion.token_ids) if parser and completion.token_ids else 0,
             finish_reason=self.finish_reason,
             status=status,  # type: ignore[arg-type]
             text=completion.text,

@@ -27,7 +27,8 @@ def usage_of(trace: Sequence[NodeRecord]) -> Usage:
     return Usage(
         prompt_tokens=sum(r.prompt_tokens for r in trace),
         completion_tokens=sum(r.completion_tokens for r in trace),
-        reasoning_tokens=sum(r.completion_tokens for r in trace if r.kind != "final"),
+        # every trace is thinking; of the final answer, only what its reasoning parser says is
+        reasoning_tokens=sum(r.completion_tokens if r.kind != "final" else r.reasoning_tokens for r in trace),
         cached_tokens=sum(r.cached_tokens for r in trace),
     )
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 
-from mrsa.engine.base import Completion, Engine, EngineError
+from mrsa.engine.base import Completion, Engine, EngineError, GenerationDelta, ReasoningParser
 from mrsa.rsa.answers import extract_answer
 from mrsa.rsa.events import FinalDelta, NodeRecord, RsaEvent, RsaResult, RunCompleted
 from mrsa.rsa.final import FinalAnswer
@@ -87,23 +87,24 @@ class RsaRun:
             if call is not None:
                 completion = Completion()
                 final.request = call.request_id
+                parser = self.engine.reasoning_parser(call.prompt_ids)
                 stream = self.engine.generate(call.prompt_ids, call.sampling, call.request_id)
                 try:
                     async for delta in stream:
                         completion.add(delta)
-                        if delta.text:
-                            yield FinalDelta(delta.text)
+                        for piece in final_pieces(delta, parser):
+                            yield piece
                         if delta.finished:
                             break
                 except EngineError as exc:
                     final.request = None
-                    final.settle(call, completion, error=str(exc) or type(exc).__name__)
+                    final.settle(call, completion, parser, error=str(exc) or type(exc).__name__)
                     message = f"the final {final.mode} call failed: {exc}"
                     raise run_failed(message, exc, list(scheduler.nodes()), final.record, self.seed) from exc
                 finally:
                     await close_stream(stream)
                 final.request = None
-                final.settle(call, completion)
+                final.settle(call, completion, parser)
             yield RunCompleted(self._result())
         finally:
             await self._cleanup()
@@ -147,7 +148,17 @@ class RsaRun:
             seed=self.seed,
             usage=usage_of(trace),
             answers=answers,
-            answer=extract_answer(final.content),
+            answer=extract_answer(final.text),
             trace=trace,
             failed=failed_traces(scheduler.nodes()),
+            reasoning=final.reasoning,
         )
+
+
+def final_pieces(delta: GenerationDelta, parser: ReasoningParser | None) -> list[FinalDelta]:
+    """The final answer's streamed pieces of one engine delta: as it is without a reasoning
+    parser, else its reasoning and content parts (in that order, each only if not empty)."""
+    if parser is None:
+        return [FinalDelta(delta.text)] if delta.text else []
+    reasoning, content = parser.delta(delta.text, delta.token_ids, finished=delta.finished)
+    return [piece for piece in (FinalDelta(reasoning, reasoning=True), FinalDelta(content)) if piece.text]

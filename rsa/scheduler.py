@@ -212,7 +212,8 @@ class Scheduler:
             node.abort()
         else:
             tail = take_tail(completion.token_ids, completion.text, self.tokenizer, self.params.tail_tokens,
-                             finished=completion.finish_reason == "stop")
+                             finished=completion.finish_reason == "stop",
+                             parser=self.engine.reasoning_parser(node.prompt_ids or ()))
             node.finish(tail, tail.answer)
         self.events.append(
             NodeFinished(

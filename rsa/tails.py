@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mrsa.engine.base import Tokenizer
+from mrsa.engine.base import ReasoningParser, Tokenizer
 from mrsa.rsa.answers import extract_answer
 
 THINK_OPEN = "<think>"
@@ -32,20 +32,34 @@ class Tail:
     finished: bool = False  # the trace ended by itself (a stop), not at its max_tokens
 
 
-def take_tail(token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int, *, finished: bool = False) -> Tail:
-    """The tail of one trace, given its output ids and text.
+def reasoning_of(text: str, token_ids: Sequence[int], parser: ReasoningParser | None) -> str | None:
+    """The reasoning section of a trace: what the engine's reasoning parser says it is, or
+    without one the text before a closing think tag (opening tag removed); None if it has none."""
+    if parser is not None:
+        return parser.split(text, token_ids)[0]
+    if THINK_CLOSE in text:
+        return text.split(THINK_CLOSE, 1)[0].replace(THINK_OPEN, "")
+    return None
 
-    When the text has a closing think tag the tail comes from the reasoning only (the text
-    before the tag, opening tag removed): the reasoning is where the useful state of the trace
-    lives, and the answer section mostly restates it. That part is re-encoded with the engine's
-    tokenizer, since the streamed ids do not say where the reasoning ends. Otherwise the output
-    ids are sliced directly.
+
+def take_tail(
+    token_ids: Sequence[int], text: str, tokenizer: Tokenizer, tau: int, *, finished: bool = False,
+    parser: ReasoningParser | None = None,
+) -> Tail:
+    """The tail of one trace, given its output ids and text (and the engine's reasoning parser
+    for this output, if the server has one).
+
+    When the trace has a reasoning section (:func:`reasoning_of`) the tail comes from the
+    reasoning only: the reasoning is where the useful state of the trace lives, and the answer
+    section mostly restates it. That part is re-encoded with the engine's tokenizer, since the
+    streamed ids do not say where the reasoning ends. Otherwise (or when all of the output is
+    reasoning) the output ids are sliced directly.
     """
     if tau < 1:
         raise ValueError("tau must be at least 1")
-    if THINK_CLOSE in text:
-        reasoning = text.split(THINK_CLOSE, 1)[0].replace(THINK_OPEN, "").strip()
-        ids = tokenizer.encode(reasoning)
+    reasoning = reasoning_of(text, token_ids, parser)
+    if reasoning is not None and reasoning.strip() and reasoning != text:
+        ids = tokenizer.encode(reasoning.strip())
     else:
         ids = list(token_ids)
     kept = ids[-tau:]

@@ -101,7 +101,9 @@ async def complete(body: ChatCompletionRequest, request: Request, engine: Engine
             return JSONResponse(failed_body(exc), status_code=exc.status)
         except EngineError as exc:
             return engine_error(exc).response()
-    return JSONResponse(rsa_completion(chunks.id, chunks.created, chunks.model, result, params.return_trace).model_dump())
+    completion = rsa_completion(chunks.id, chunks.created, chunks.model, result, params.return_trace,
+                                body.include_reasoning)
+    return JSONResponse(completion.model_dump())
 
 
 async def _drain(run: RsaRun, ticket: Ticket, observer: metrics.RunObserver) -> RsaResult:
@@ -144,7 +146,9 @@ async def _stream(
                     if not started:
                         started = True
                         yield sse(chunks.role())
-                    if event.text:
+                    if event.reasoning and body.include_reasoning:
+                        yield sse(chunks.reasoning(event.text))
+                    elif not event.reasoning:
                         yield sse(chunks.content(event.text))
                 elif isinstance(event, RunCompleted):
                     result, ended = event.result, True

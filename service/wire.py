@@ -84,6 +84,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1)
     user: str | None = None
     ignore_eos: bool = False  # vLLM extension
+    include_reasoning: bool = True  # vLLM extension: false drops the answer's reasoning
     background: bool = Field(
         False, description="RSA only: return a run object at once; follow it under /v1/rsa/runs/{id}."
     )
@@ -135,7 +136,8 @@ class UsageInfo(BaseModel):
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning: str | None = None  # vLLM's field for a reasoning model's thinking (--reasoning-parser)
 
 
 class Choice(BaseModel):
@@ -228,6 +230,9 @@ class ChunkFactory:
     def content(self, text: str, index: int = 0) -> dict:
         return self._chunk([{"index": index, "delta": {"content": text}, "finish_reason": None}])
 
+    def reasoning(self, text: str, index: int = 0) -> dict:
+        return self._chunk([{"index": index, "delta": {"reasoning": text}, "finish_reason": None}])
+
     def finish(self, reason: str, index: int = 0, **extra: Any) -> dict:
         return self._chunk([{"index": index, "delta": {}, "finish_reason": reason}], **extra)
 
@@ -308,14 +313,24 @@ def rsa_summary(result: RsaResult, with_trace: bool) -> RsaSummary:
     )
 
 
-def rsa_completion(id: str, created: int, model: str, result: RsaResult, with_trace: bool) -> ChatCompletion:
+def answer_message(result: RsaResult, include_reasoning: bool = True) -> ResponseMessage:
+    """The final message as vLLM's server writes a reasoning parser's split: the thinking in
+    ``reasoning``, the rest in ``content`` (None when the whole answer is thinking)."""
+    reasoning = result.reasoning if include_reasoning else None
+    content = None if result.reasoning is not None and not result.content else result.content
+    return ResponseMessage(content=content, reasoning=reasoning)
+
+
+def rsa_completion(
+    id: str, created: int, model: str, result: RsaResult, with_trace: bool, include_reasoning: bool = True
+) -> ChatCompletion:
     """The ``chat.completion`` of a finished run."""
     return ChatCompletion(
         id=id,
         created=created,
         model=model,
         choices=[
-            Choice(index=0, message=ResponseMessage(content=result.content), finish_reason=result.finish_reason)
+            Choice(index=0, message=answer_message(result, include_reasoning), finish_reason=result.finish_reason)
         ],
         usage=usage_info(result.usage),
         rsa=rsa_summary(result, with_trace),

@@ -15,6 +15,8 @@ Used by the unit tests of ``rsa/`` and by the service's tests: no model, no GPU,
   counts as an abort too. ``aclose()`` (or leaving ``async with engine:``) closes the engine:
   later requests are rejected with :class:`EngineError`, as a real engine cannot serve them.
   Plain OpenAI requests (``engine.openai``) go to :class:`tests.fake_openai.FakeOpenAI`.
+  With ``reasoning=True`` the engine has a reasoning parser (:class:`ThinkTagParser`, the
+  contract of vLLM's ``--reasoning-parser``), else ``reasoning_parser()`` is None.
 
 Every knob (``answer``, ``length``, ``delay``, ``script``, ``error``) is either a constant or a
 callable of the :class:`FakeRequest`, so tests can vary behaviour per request (by request id,
@@ -71,6 +73,40 @@ class FakeTokenizer:
         return self.encode(self.render_chat(messages))
 
 
+class ThinkTagParser:
+    """A reasoning parser over ``<think>...</think>`` (engine.base.ReasoningParser): the text
+    before the closing tag, opening tag removed, is reasoning, and so is an opened block that
+    never closes; an output without tags is all content. The fake tokenizer keeps tags whole,
+    so no tag is split across deltas."""
+
+    def __init__(self, tokenizer: FakeTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._text = ""
+        self._sent = (0, 0)  # reasoning and content characters already streamed
+
+    @staticmethod
+    def _split(text: str) -> tuple[str | None, str | None]:
+        if "</think>" not in text:
+            return (text.replace("<think>", ""), None) if text.lstrip().startswith("<think>") else (None, text)
+        reasoning, content = text.split("</think>", 1)
+        return reasoning.replace("<think>", ""), content or None
+
+    def split(self, text: str, token_ids: Sequence[int]) -> tuple[str | None, str | None]:
+        return self._split(text)
+
+    def delta(self, text: str, token_ids: Sequence[int], *, finished: bool) -> tuple[str, str]:
+        self._text += text
+        reasoning, content = self._split(self._text)
+        reasoning, content = reasoning or "", content or ""
+        r0, c0 = self._sent
+        self._sent = (len(reasoning), len(content))
+        return reasoning[r0:], content[c0:]
+
+    def reasoning_tokens(self, token_ids: Sequence[int]) -> int:
+        reasoning = self._split(self.tokenizer.decode(token_ids))[0]
+        return len(self.tokenizer.encode(reasoning)) if reasoning else 0
+
+
 @dataclass
 class FakeRequest:
     """One call of :meth:`FakeEngine.generate`, as recorded by the engine."""
@@ -110,6 +146,7 @@ class FakeEngine(AsyncCloseable):
     delay: Knob[float] = 0.0  # seconds before each delta
     tokens_per_delta: int = 4
     think: bool = False  # wrap the filler in <think>...</think>
+    reasoning: bool = False  # the engine has a reasoning parser (ThinkTagParser)
     script: Callable[[FakeRequest], str] | None = None  # overrides the whole output text
     error: Callable[[FakeRequest], BaseException | None] | None = None  # raised on submission
     model_name: str = "fake-model"
@@ -129,6 +166,9 @@ class FakeEngine(AsyncCloseable):
 
     def num_in_flight(self) -> int:
         return len(self._in_flight)
+
+    def reasoning_parser(self, prompt_ids: Sequence[int]) -> ThinkTagParser | None:
+        return ThinkTagParser(self.tokenizer) if self.reasoning else None
 
     async def abort(self, request_id: str) -> None:
         self.abort_calls.append(request_id)

@@ -24,6 +24,7 @@ from mrsa.engine.remote.health import HealthMonitor
 from mrsa.engine.remote.passthrough import ReplicaOpenAI
 from mrsa.engine.remote.replicas import ReplicaPool
 from mrsa.engine.remote.retry import RetryPolicy
+from mrsa.engine.reasoning import reasoning_parsers
 from mrsa.engine.remote.trace import Trace
 from mrsa.engine.tokenizer import HFTokenizer
 
@@ -46,6 +47,7 @@ class RemoteEngine(AsyncCloseable):
         )
         model = startup.discover(self._pool, config.model, timeout)
         self.tokenizer = HFTokenizer(model)
+        self.reasoning_parser = reasoning_parsers(config.reasoning_parser, self.tokenizer)
         startup.verify_reachable(self._pool, self.tokenizer, timeout)
         self.served_names = served_names(config, self._pool)
         self.model_name = self.served_names[0]

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from mrsa.engine.base import Completion, EngineError, SamplingParams
 from mrsa.rsa.events import FinalDelta, NodeStarted, RunCompleted, RunFailed
+from mrsa.rsa.run import final_pieces
 from mrsa.service import metrics
 from mrsa.service.admission import Ticket
 from mrsa.service.context import engine_error, owner_of, runs_of
@@ -26,7 +27,7 @@ from mrsa.service.errors import APIError
 from mrsa.service.responses.events import EventSequence, TextItems
 from mrsa.service.responses.prepare import Prepared
 from mrsa.service.responses.stored import answer_of, record
-from mrsa.service.responses.wire import ResponseObject, response_object
+from mrsa.service.responses.wire import THINK_CLOSE, THINK_OPEN, ResponseObject, response_object
 from mrsa.service.streaming import EventStream
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, usage_info
@@ -46,15 +47,34 @@ def sse_event(event: dict) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
+class Tagged:
+    """The answer's pieces (:class:`~mrsa.rsa.events.FinalDelta`, split by the engine's
+    reasoning parser) as the text :func:`~mrsa.service.responses.wire.join_reasoning` writes:
+    the thinking inside ``<think>`` tags, so that TextItems turns it into the reasoning item."""
+
+    def __init__(self) -> None:
+        self.thinking = False
+
+    def text(self, piece: FinalDelta) -> str:
+        tag = ""
+        if piece.reasoning != self.thinking:
+            self.thinking = piece.reasoning
+            tag = THINK_OPEN if piece.reasoning else THINK_CLOSE
+        return tag + piece.text
+
+
 async def _plain(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
     engine, params = prep.engine, prep.run.params
     prompt_ids = engine.tokenizer.apply_chat_template(prep.run.messages)
     sampling = SamplingParams(max_tokens=params.trace_max_tokens, temperature=params.temperature, top_p=params.top_p)
     done = Completion()
+    parser, tagged, text = engine.reasoning_parser(prompt_ids), Tagged(), ""
     async for delta in engine.generate(prompt_ids, sampling, f"{prep.resp_id}-0"):
         done.add(delta)
-        if delta.text:
-            yield delta.text
+        for piece in final_pieces(delta, parser):
+            chunk = tagged.text(piece)
+            text += chunk
+            yield chunk
         if delta.finished:
             break
     metrics.GENERATED_TOKENS.inc(len(done.token_ids))
@@ -62,18 +82,17 @@ async def _plain(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
     usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=len(done.token_ids),
                       total_tokens=len(prompt_ids) + len(done.token_ids),
                       prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
-    yield Answer(done.text, "incomplete" if done.finish_reason == "length" else "completed", usage)
+    yield Answer(text, "incomplete" if done.finish_reason == "length" else "completed", usage)
 
 
 async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[str | dict | Answer]:
-    ended = False
+    ended, tagged = False, Tagged()
     try:
         async with aclosing(prep.run.events()) as events:
             async for event in events:
                 observer.observe(event)
                 if isinstance(event, FinalDelta):
-                    if event.text:
-                        yield event.text
+                    yield tagged.text(event)
                 elif isinstance(event, RunCompleted):
                     ended = True
                     completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)

@@ -16,7 +16,7 @@ from contextlib import aclosing
 from typing import Any
 
 from mrsa.service.responses.events import EventSequence, final_events
-from mrsa.service.responses.wire import ResponseObject, response_object, split_reasoning
+from mrsa.service.responses.wire import ResponseObject, join_reasoning, response_object, split_reasoning
 from mrsa.service.runs import RunManager, StoredRun
 from mrsa.service.wire import ChatCompletion
 
@@ -30,7 +30,8 @@ def answer_of(completion: ChatCompletion, plain: bool) -> tuple[str, str]:
     reason = completion.choices[0].finish_reason
     if plain and completion.rsa is not None and completion.rsa.trace:
         reason = completion.rsa.trace[0].get("finish_reason", reason)
-    return completion.choices[0].message.content, "incomplete" if reason == "length" else "completed"
+    message = completion.choices[0].message
+    return join_reasoning(message.reasoning, message.content), "incomplete" if reason == "length" else "completed"
 
 
 def record(prep_model: str, created_at: int, echo: dict[str, Any], conversation: list[dict[str, str]],

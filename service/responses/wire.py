@@ -255,6 +255,14 @@ def split_reasoning(text: str) -> tuple[str | None, str]:
     return body[:end], body[end + len(THINK_CLOSE):].lstrip()
 
 
+def join_reasoning(reasoning: str | None, content: str | None) -> str:
+    """A reasoning parser's split as the text :func:`split_reasoning` reads back: the thinking
+    as a leading ``<think>`` block, then the content."""
+    if reasoning is None:
+        return content or ""
+    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{content or ''}"
+
+
 def output_items(resp_id: str, text: str, status: str = "completed") -> list[OutputMessage | ReasoningItem]:
     reasoning, message = split_reasoning(text)
     rs_id, msg_id = item_ids(resp_id)

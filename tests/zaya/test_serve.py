@@ -1,5 +1,9 @@
-"""ZAYA end to end: ``mrsa serve --model <tiny ZAYA checkpoint>`` (the plugin is found through
-its vLLM entry point, nothing else configured) answers an RSA request through the HTTP API."""
+"""ZAYA end to end: ``mrsa serve --model <tiny ZAYA checkpoint> --reasoning-parser qwen3`` (the
+plugin is found through its vLLM entry point; the parser is ZAYA1-8B's) answers an RSA request
+through the HTTP API, its answer split by vLLM's parser as ``vllm serve`` splits a plain one.
+
+The tiny model writes random bytes and never closes a think section, so for qwen3's parser
+every output is thinking: the answer arrives in ``reasoning`` with no ``content``."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from tests.e2e.conftest import Server, start_server, stop_server
 def zaya_server(tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc, srv = start_server(
         tmp_path_factory.mktemp("zaya-server"),
-        args=("--model", str(tiny_zaya), "--served-model-name", "tiny-zaya"),
+        args=("--model", str(tiny_zaya), "--served-model-name", "tiny-zaya", "--reasoning-parser", "qwen3"),
     )
     try:
         yield srv
@@ -23,9 +27,12 @@ def zaya_server(tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         stop_server(proc)
 
 
+RSA = {"population": 3, "k": 2, "rounds": 2, "tail_tokens": 12, "trace_max_tokens": 16, "seed": 5,
+       "selection": "aggregate", "return_trace": True}
+
+
 def test_rsa_request_on_zaya(zaya_server: Server) -> None:
-    rsa = {"population": 3, "k": 2, "rounds": 2, "tail_tokens": 12, "trace_max_tokens": 16, "seed": 5,
-           "selection": "aggregate", "return_trace": True}
+    rsa = RSA
     out = zaya_server.client().chat.completions.create(
         model="tiny-zaya",
         messages=[{"role": "user", "content": "What is 7 + 5?"}],
@@ -38,16 +45,32 @@ def test_rsa_request_on_zaya(zaya_server: Server) -> None:
     trace = block["trace"]
     assert out.usage.completion_tokens == sum(n["completion_tokens"] for n in trace) > 0
     assert all(0 < n["completion_tokens"] <= 16 for n in trace)
-    assert out.choices[0].message.content == trace[-1]["text"]
+    message = out.choices[0].message
+    assert message.content is None and message.model_extra["reasoning"] == trace[-1]["text"]
+    # Every token of every trace is thinking, the final answer's included.
+    assert out.usage.completion_tokens_details.reasoning_tokens == out.usage.completion_tokens
     # Round-1 aggregation prompts carry K round-0 tails: longer than the round-0 prompts.
     r0 = [n["prompt_tokens"] for n in trace if n["round"] == 0]
     r1 = [n["prompt_tokens"] for n in trace if n["round"] == 1 and n["kind"] == "trace"]
     assert min(r1) > max(r0)
 
 
+def test_rsa_stream_on_zaya_sends_the_answer_as_reasoning_deltas(zaya_server: Server) -> None:
+    client = zaya_server.client()
+    kw = dict(model="tiny-zaya", messages=[{"role": "user", "content": "What is 7 + 5?"}], extra_body={"rsa": RSA})
+    whole = client.chat.completions.create(**kw).choices[0].message
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    streamed = "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas)
+    assert streamed == whole.model_extra["reasoning"] and streamed  # same seed: the same run
+    assert not "".join(d.content or "" for d in deltas)
+
+
 def test_plain_completion_on_zaya_is_seeded(zaya_server: Server) -> None:
     client = zaya_server.client()
     kw = dict(model="tiny-zaya", messages=[{"role": "user", "content": "hi"}], max_tokens=12, seed=3)
     a, b = client.chat.completions.create(**kw), client.chat.completions.create(**kw)
-    assert a.choices[0].message.content == b.choices[0].message.content
+    # vLLM's own layer, with the same parser: the output is thinking
+    assert a.choices[0].message.model_extra["reasoning"] == b.choices[0].message.model_extra["reasoning"]
+    assert a.choices[0].message.model_extra["reasoning"] and a.choices[0].message.content is None
     assert 0 < a.usage.completion_tokens <= 12
