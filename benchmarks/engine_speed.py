@@ -26,6 +26,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.servers import cpu_description
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -72,17 +74,6 @@ def _one(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(native) or 'no bf16 instructions'})"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mrsa bench engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         return _one(args)
     console = Console()
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": _cpu_flags(), "cores": os.cpu_count(),
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_description(), "cores": os.cpu_count(),
                "tokens": args.tokens, "prompt_tokens": args.prompt_tokens, "runs": []}
     for dtype, reserve in itertools.product(args.dtype, args.reserve):
         env = dict(os.environ)

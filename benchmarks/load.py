@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.servers import free_port, stop, wait_healthy
+from benchmarks.servers import cpu_description, free_port, stop, wait_healthy
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +195,8 @@ def run(args: argparse.Namespace) -> dict:
     errors = sum(v for k, v in statuses.items() if k not in ("200", "429"))
     return {
         "date": time.strftime("%Y-%m-%d"),
+        "model": model,
+        "cpu": cpu_description(),
         "settings": vars(args),
         "wall_s": round(wall, 1),
         "requests_ok": ok,

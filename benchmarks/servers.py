@@ -7,7 +7,21 @@ import socket
 import subprocess
 import time
 
+from pathlib import Path
+
 import httpx
+
+
+def cpu_description() -> str:
+    """The CPU model and its bf16 instructions (what decides the engine's dtype), for results."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model} ({', '.join(native) or 'no bf16 instructions'})"
 
 
 def free_port() -> int:

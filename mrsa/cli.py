@@ -111,19 +111,14 @@ def _bench(args: argparse.Namespace) -> int:
         raise SystemExit("mrsa bench runs from a source checkout of markovian-rsa (benchmarks/ is not installed)")
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
-    which = args.bench_args[:1]
-    if which == ["load"]:  # its own flags: mrsa bench load --help
-        from benchmarks.load import main as load_main
+    import importlib
 
-        return load_main(args.bench_args[1:])
-    if which == ["plain"]:  # mrsa bench plain --help
-        from benchmarks.plain_vs_vllm import main as plain_main
-
-        return plain_main(args.bench_args[1:])
-    if which == ["engine"]:  # mrsa bench engine --help
-        from benchmarks.engine_speed import main as engine_main
-
-        return engine_main(args.bench_args[1:])
+    # Benchmarks with flags of their own (mrsa bench NAME --help); the rest is benchmarks/run.py.
+    own = {"load": "benchmarks.load", "plain": "benchmarks.plain_vs_vllm", "engine": "benchmarks.engine_speed",
+           "effort": "benchmarks.effort"}
+    which = args.bench_args[0] if args.bench_args else None
+    if which in own:
+        return importlib.import_module(own[which]).main(args.bench_args[1:])
     from benchmarks.run import main as bench_main
 
     return bench_main(args.bench_args)
