@@ -111,6 +111,10 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     defaults = {k: v for k, v in given.items() if v is not None}  # the rest: RsaParams' defaults
     try:
         configs = [parse_config(s, defaults) for s in (args.configs or DEFAULT_CONFIGS)]
+        names = [c.name for c in configs]
+        if len(set(names)) < len(names):  # results are kept by name: two configs would mix
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"two configurations are named {twice[0]!r}: give one a name= of its own")
         problems = _problems(args)
     except (ValueError, OSError) as exc:
         raise SystemExit(f"mrsa eval: {exc}") from None

@@ -409,3 +409,19 @@ def test_wilson_interval_brackets_the_accuracy_and_stays_in_range() -> None:
     assert (round(low, 3), round(high, 3)) == (0.219, 0.396)  # the textbook values for 30 of 100
     assert wilson_interval(0, 10)[0] == 0.0 and 0 < wilson_interval(0, 10)[1] < 0.35
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_two_configs_of_one_name_are_refused(tmp_path: Path) -> None:
+    """Results are kept by configuration name: vote=all alone does not change the default name,
+    so without name= the two runs would be mixed in one entry."""
+    import argparse
+
+    from mrsa.evals.cli import add_arguments, main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", "rsa:n=4,k=4,t=2", "--config", "rsa:n=4,k=4,t=2,vote=all",
+                              "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="two configurations are named 'rsa N=4 K=4 T=2'"):
+        main(args)
+    assert not (tmp_path / "results.json").exists()
