@@ -27,9 +27,7 @@ def _vllm_parsers(name: str, tokenizer: Any) -> Callable[[Sequence[int]], VllmRe
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.parser import ParserManager
 
-    parser_cls = ParserManager.get_parser(tool_parser_name=None, reasoning_parser_name=name)
-    if parser_cls is None:
-        raise ValueError(f"reasoning parser {name!r} is not available")
+    parser_cls = ParserManager.get_parser(tool_parser_name=None, reasoning_parser_name=name)  # unknown: raises
     parser_cls(tokenizer)  # a parser that cannot work with this tokenizer fails now, not per request
     # parse()/parse_delta() take the request for per-request switches (tools, thinking kwargs);
     # an RSA call has none of those.

@@ -18,13 +18,13 @@ import httpx
 
 from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
 from mrsa.engine.config import EngineConfig
+from mrsa.engine.reasoning import reasoning_parsers
 from mrsa.engine.remote import startup, stream
 from mrsa.engine.remote.errors import UpstreamUnavailable
 from mrsa.engine.remote.health import HealthMonitor
 from mrsa.engine.remote.passthrough import ReplicaOpenAI
 from mrsa.engine.remote.replicas import ReplicaPool
 from mrsa.engine.remote.retry import RetryPolicy
-from mrsa.engine.reasoning import reasoning_parsers
 from mrsa.engine.remote.trace import Trace
 from mrsa.engine.tokenizer import HFTokenizer
 

@@ -13,12 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+from mrsa.rsa.tails import THINK_CLOSE, THINK_OPEN
 from mrsa.service.errors import APIError
 from mrsa.service.settings import Effort
 from mrsa.service.wire import RSA_SCHEMA, ErrorBody, UsageInfo
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 # ------------------------------------------------------------------------ request
