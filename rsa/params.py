@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Selection = Literal["aggregate", "majority", "auto"]
-AggregationPrompt = Literal["annotated", "bare"]
+AggregationPrompt = Literal["annotated", "bare", "compare"]
 Schedule = Literal["dataflow", "rounds"]
 FinalVote = Literal["last", "all"]
 
@@ -46,7 +46,7 @@ class RsaParams(BaseModel):
     population: int = Field(4, ge=1, description="N: traces per round.")
     k: int = Field(2, ge=1, description="K: tails per aggregation prompt (1 = refine).")
     rounds: int = Field(2, ge=1, description="T: rounds, the first sampling round included.")
-    tail_tokens: int = Field(256, ge=1, description="tau: tokens kept from each trace.")
+    tail_tokens: int = Field(448, ge=1, description="tau: tokens kept from each trace.")
     trace_max_tokens: int = Field(448, ge=1, description="max new tokens of one trace.")
     final_max_tokens: int | None = Field(
         None, ge=1, description="max new tokens of the final answer (default trace_max_tokens)."
@@ -61,9 +61,10 @@ class RsaParams(BaseModel):
         description="the traces a final majority vote counts: the last round's, or every round's.",
     )
     aggregation_prompt: AggregationPrompt = Field(
-        "annotated",
+        "compare",
         description="annotated: each candidate is headed by its final answer, or marked unfinished; "
-        "bare: the candidates' text only.",
+        "bare: the candidates' text only; compare: the problem, the candidates as attempts, what "
+        "they concluded side by side, and a request to solve it anew checking every step.",
     )
     temperature: float = Field(0.6, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -5,10 +5,16 @@ the instruction, the problem (that user message), K candidate tails under number
 and a closing request for one improved solution. Earlier messages (system prompt, previous
 turns) are kept, so a run answers in the same conversation the client sent.
 
-Annotated prompts (the default) head each candidate with what it concluded, ``(its final
-answer: 18)``, or ``(unfinished: it stops before a final answer)`` for a trace that ran out of
-tokens; the instruction then asks to continue unfinished work. Small models otherwise lose
-track of which candidate said what, and treat a trace cut mid-calculation like a finished one.
+Annotated prompts head each candidate with what it concluded, ``(its final answer: 18)``, or
+``(unfinished: it stops before a final answer)`` for a trace that ran out of tokens; the
+instruction then asks to continue unfinished work. Small models otherwise lose track of which
+candidate said what, and treat a trace cut mid-calculation like a finished one.
+
+Compare prompts put the problem first, the candidates as "attempts" under the same headings,
+then their distinct answers side by side ("The attempts disagree: they answer 26, 18.") and a
+request to solve the problem anew, checking each step of the attempts against one's own. On
+GSM8K's mixed prompts (one right candidate of two) Qwen2.5-Coder-1.5B kept the right answer 46
+times of 70 this way against 40 with the annotated wording (README, Evaluation).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mrsa.engine.base import Tokenizer
+from mrsa.rsa.answers import normalize_answer
 from mrsa.rsa.params import AggregationPrompt, RsaParams
 from mrsa.rsa.tails import Tail
 
@@ -47,6 +54,15 @@ ANNOTATED_INSTRUCTION = (
 ANNOTATED_REFINE = (
     "Here is a problem and a candidate solution to it. The candidate may contain mistakes, or "
     "stop before its end."
+)
+# compare: the problem first, then the candidates as attempts, what they concluded side by side,
+# and a request to solve the problem anew, checking every step. Small models copy the candidate
+# nearest the end of an "improve these" prompt; asked to re-derive the answer, they can use the
+# candidates as a check instead.
+COMPARE_CLOSING = (
+    "Solve the problem yourself, step by step, taking every number from the problem statement. "
+    "Check each step of the attempts against your own: where they differ, work out which is right. "
+    "End with the final answer in \\boxed{}."
 )
 CUT_MARKER = "..."
 # An answer in a candidate's heading is cut to this many characters (a trace's "answer" can be
@@ -103,16 +119,50 @@ def _label(tail: Tail, style: AggregationPrompt) -> str:
         return " (complete, but without a boxed final answer)"
     if tail.answer is None:
         return " (unfinished: it stops before a final answer)"
-    answer = " ".join(tail.answer.split())
+    return f" (its final answer: {_short_answer(tail.answer)})"
+
+
+def _short_answer(answer: str) -> str:
+    answer = " ".join(answer.split())
     if len(answer) > ANSWER_LABEL_CHARS:
         answer = answer[: ANSWER_LABEL_CHARS - 3] + "..."
-    return f" (its final answer: {answer})"
+    return answer
 
 
-def aggregation_text(problem: str, candidates: Sequence[Tail], style: AggregationPrompt = "annotated") -> str:
+def _summary(candidates: Sequence[Tail]) -> str:
+    """What the attempts concluded, for the compare prompt: their distinct answers in order
+    (``The attempts disagree: they answer 26, 18.``), or that they agree, or that none finished."""
+    answers: dict[str, str] = {}  # normalised -> as labelled
+    for tail in candidates:
+        if tail.answer is not None:
+            answers.setdefault(normalize_answer(tail.answer), _short_answer(tail.answer))
+    if not answers:
+        return "None of the attempts reached a final answer." if len(candidates) > 1 else (
+            "The attempt did not reach a final answer.")
+    if len(answers) == 1:
+        (answer,) = answers.values()
+        return f"The attempts that finished all answer {answer}." if len(candidates) > 1 else (
+            f"The attempt answers {answer}.")
+    return f"The attempts disagree: they answer {', '.join(answers.values())}. At most one of these is right."
+
+
+def _compare_text(problem: str, candidates: Sequence[Tail]) -> str:
+    if len(candidates) == 1:
+        head = f"Problem:\n{problem}\n\nHere is an attempt at this problem. It may be wrong."
+    else:
+        head = f"Problem:\n{problem}\n\nHere are {len(candidates)} attempts at this problem. Some of them may be wrong."
+    blocks = "\n".join(
+        f"--- Attempt {n}{_label(tail, 'annotated')} ---\n{_candidate(tail)}" for n, tail in enumerate(candidates, 1)
+    )
+    return f"{head}\n\n{blocks}\n--- End of attempts ---\n\n{_summary(candidates)}\n\n{COMPARE_CLOSING}"
+
+
+def aggregation_text(problem: str, candidates: Sequence[Tail], style: AggregationPrompt = "compare") -> str:
     """The user turn of an aggregation prompt (K >= 2) or a refine prompt (K == 1)."""
     if not candidates:
         raise ValueError("an aggregation prompt needs at least one candidate")
+    if style == "compare":
+        return _compare_text(problem, candidates)
     annotated = style == "annotated"
     if len(candidates) == 1:
         return (
@@ -130,7 +180,7 @@ def aggregation_text(problem: str, candidates: Sequence[Tail], style: Aggregatio
 
 
 def aggregation_messages(
-    messages: Sequence[dict[str, str]], candidates: Sequence[Tail], style: AggregationPrompt = "annotated"
+    messages: Sequence[dict[str, str]], candidates: Sequence[Tail], style: AggregationPrompt = "compare"
 ) -> list[dict[str, str]]:
     """The request's conversation with its last user message turned into an aggregation."""
     pos = last_user_index(messages)
@@ -173,7 +223,8 @@ def check_context(
     if generation == 0:
         return ContextNeeds(prompt_tokens, 0, plain)
     # Empty candidates under their longest possible heading (an answer label at full length).
-    empty = [Tail(text="", num_tokens=0, cut=True, answer="9" * ANSWER_LABEL_CHARS)] * params.k
+    # Distinct answers: a compare prompt lists each one once more after the candidates.
+    empty = [Tail(text="", num_tokens=0, cut=True, answer=str(n % 10) * ANSWER_LABEL_CHARS) for n in range(params.k)]
     overhead = len(tokenizer.apply_chat_template(aggregation_messages(messages, empty, params.aggregation_prompt)))
     per_candidate = min(params.tail_tokens, params.trace_max_tokens) + CANDIDATE_SLACK
     aggregation_prompt = overhead + params.k * per_candidate

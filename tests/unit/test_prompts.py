@@ -39,19 +39,19 @@ def test_aggregation_keeps_earlier_messages_and_replaces_the_last_user_turn() ->
 def test_annotated_candidates_say_what_they_concluded_or_that_they_stopped() -> None:
     tails = [Tail("so x = 1, \\boxed{1}", 6, cut=False, answer="1"), Tail("first, x + 1", 4, cut=True),
              Tail("long", 1, cut=False, answer="the answer is a whole sentence that goes on and on and on")]
-    text = aggregation_text("Solve x+1=2.", tails)
+    text = aggregation_text("Solve x+1=2.", tails, "annotated")
     assert "--- Candidate 1 (its final answer: 1) ---\nso x = 1" in text
     assert "--- Candidate 2 (unfinished: it stops before a final answer) ---\n...first, x + 1" in text
     assert "(its final answer: the answer is a whole sentence that g...)" in text  # cut to 40 chars
     assert "continue unfinished work" in text and text.rstrip().endswith("\\boxed{}.")
     assert aggregation_text("Solve x+1=2.", tails, "bare").count("final answer:") == 0
-    single = aggregation_text("Solve x+1=2.", tails[1:2])
+    single = aggregation_text("Solve x+1=2.", tails[1:2], "annotated")
     assert "--- Candidate solution (unfinished: it stops before a final answer) ---" in single
 
 
 def test_a_complete_trace_without_a_boxed_answer_is_not_called_unfinished() -> None:
     tails = [Tail("7 + 5 equals 12.", 6, cut=False, finished=True), Tail("7 + 5 is", 4, cut=False)]
-    text = aggregation_text("What is 7 + 5?", tails)
+    text = aggregation_text("What is 7 + 5?", tails, "annotated")
     assert "--- Candidate 1 (complete, but without a boxed final answer) ---\n7 + 5 equals 12." in text
     assert "--- Candidate 2 (unfinished: it stops before a final answer) ---" in text
 
@@ -130,3 +130,35 @@ def test_runs_that_never_aggregate_need_only_the_plain_prompt() -> None:
     assert check_context(tok, 200, CHAT, voting).required <= 200
     with pytest.raises(ContextTooLongError):
         check_context(tok, 200, CHAT, RsaParams(rounds=1, selection="auto", **big_tails))
+
+
+def test_compare_prompt_asks_to_solve_anew_and_lists_what_the_attempts_concluded() -> None:
+    tails = [Tail("so 16 - 3 = 13, \\boxed{26}", 8, cut=False, answer="26"),
+             Tail("... 9 * 2 = 18, \\boxed{18}", 8, cut=True, answer="18"),
+             Tail("first, 16 - 3", 4, cut=True)]
+    text = aggregation_text("How much does Janet make?", tails, "compare")
+    assert text.startswith("Problem:\nHow much does Janet make?\n\nHere are 3 attempts")
+    assert "--- Attempt 1 (its final answer: 26) ---\nso 16 - 3 = 13" in text
+    assert "--- Attempt 2 (its final answer: 18) ---\n...... 9 * 2" in text  # cut: marked
+    assert "--- Attempt 3 (unfinished: it stops before a final answer) ---" in text
+    # what they concluded, side by side, after the attempts; then the request
+    assert text.index("--- End of attempts ---") < text.index("The attempts disagree: they answer 26, 18.")
+    assert "Solve the problem yourself" in text and text.rstrip().endswith("\\boxed{}.")
+
+
+def test_compare_prompt_says_when_the_attempts_agree_or_none_finished() -> None:
+    agree = [Tail("\\boxed{18}", 3, cut=False, answer="18"), Tail("\\boxed{18.}", 3, cut=False, answer="18")]
+    assert "The attempts that finished all answer 18." in aggregation_text("Q?", agree, "compare")
+    unfinished = [Tail("16 - 3", 3, cut=True), Tail("so far", 2, cut=True)]
+    assert "None of the attempts reached a final answer." in aggregation_text("Q?", unfinished, "compare")
+    one = aggregation_text("Q?", agree[:1], "compare")
+    assert "Here is an attempt at this problem. It may be wrong." in one and "Attempt 1" in one
+
+
+def test_context_check_bounds_the_compare_prompt() -> None:
+    tok = FakeTokenizer()
+    params = RsaParams(population=3, k=3, rounds=2, tail_tokens=40, trace_max_tokens=40, aggregation_prompt="compare")
+    needs = check_context(tok, 10_000, CHAT, params)
+    tails = [Tail(" ".join(["w"] * 20), 40, cut=True, answer=f"{n}" * 200) for n in range(3)]  # 3 long answers
+    prompt = tok.apply_chat_template(aggregation_messages(CHAT, tails, "compare"))
+    assert len(prompt) <= needs.aggregation_prompt_tokens

@@ -151,7 +151,7 @@ async def test_aggregation_prompts_hold_the_parents_tails_in_plan_order() -> Non
                 parent = records[(r - 1, p)]
                 assert parent.cut and parent.tail_tokens == 10
                 label = f"its final answer: {parent.answer}" if parent.answer else "unfinished: it stops before a final answer"
-                block = f"--- Candidate {n} ({label}) ---\n...{parent.tail_text}\n"
+                block = f"--- Attempt {n} ({label}) ---\n...{parent.tail_text}\n"
                 assert block in prompt
                 positions.append(prompt.index(block))
             assert positions == sorted(positions)
@@ -165,7 +165,7 @@ async def test_k_equal_one_refines_a_single_tail() -> None:
         if "-r0-" in req.request_id:
             assert "candidate" not in req.prompt
         else:
-            assert "fix any mistakes" in req.prompt and "Candidate 1" not in req.prompt
+            assert "Here is an attempt at this problem" in req.prompt and "Attempt 2" not in req.prompt
     assert all(len(r.parents) == 1 for r in result.trace if r.round > 0)
 
 
@@ -262,7 +262,7 @@ async def test_a_complete_trace_without_a_boxed_answer_is_labelled_so_in_the_nex
     await run(engine, population=2, k=2, rounds=2, selection="majority")
     aggregations = [r for r in engine.requests if "-r1-" in r.request_id]
     assert aggregations and all("complete, but without a boxed final answer" in r.prompt for r in aggregations)
-    assert not any("unfinished" in r.prompt.split("Candidate 1", 1)[1] for r in aggregations)
+    assert not any("unfinished" in r.prompt.split("Attempt 1", 1)[1] for r in aggregations)
 
 
 async def test_usage_counts_the_prompt_tokens_the_prefix_cache_served() -> None:

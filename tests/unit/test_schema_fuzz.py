@@ -21,8 +21,8 @@ from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
-# The server's rsa defaults (N=4, T=2, tau=256, 448 trace tokens) fit; more does not.
-LIMITS = {"max_population": 8, "max_rounds": 4, "max_tail_tokens": 256, "max_trace_tokens": 512}
+# The server's rsa defaults (N=4, T=2, tau=448, 448 trace tokens) fit; more does not.
+LIMITS = {"max_population": 8, "max_rounds": 4, "max_tail_tokens": 512, "max_trace_tokens": 512}
 # Cases per (operation, mode); the total must reach MIN_CASES.
 EXAMPLES = {
     ("POST", "/v1/chat/completions"): 500,
