@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrsa.engine.base import Engine
+from mrsa.engine.base import Engine, Tokenizer
 from mrsa.engine.config import EngineConfig
 
 
@@ -19,3 +19,13 @@ def create_engine(config: EngineConfig, cache_dir: Path | str | None = None) -> 
     from mrsa.engine.local import LocalEngine
 
     return LocalEngine(config, cache_dir)
+
+
+def load_tokenizer(config: EngineConfig, cache_dir: Path | str | None = None) -> tuple[Tokenizer, str]:
+    """The tokenizer of the model ``config`` names and the name it is served under, without
+    starting an engine (a built-in model is provisioned first, as an engine would)."""
+    from mrsa.engine.local import resolve_model
+    from mrsa.engine.tokenizer import HFTokenizer
+
+    checkpoint, name = resolve_model(config, cache_dir)
+    return HFTokenizer(checkpoint), name

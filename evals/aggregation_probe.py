@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mrsa.evals.datasets import Problem, load_jsonl
 from mrsa.rsa.answers import extract_answer, normalize_answer
-from mrsa.rsa.tails import Tail
+from mrsa.rsa.tails import Tail, take_tail
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class MixedPrompt:
     index: int
     seed: int
     tails: list[Tail]
+    texts: list[str]  # the parents' whole traces, for tails of another length
     right_parents: int
     original_answer: str | None  # what the eval's model answered
 
@@ -59,16 +60,25 @@ def mixed_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -
             if node["round"] != 1 or node["kind"] != "trace":
                 continue
             parents = [first[i] for i in node["parents"]]
-            probe = MixedPrompt(problem, node["index"], node["seed"], [_tail(p) for p in parents], 0,
-                                node["answer"])
+            probe = MixedPrompt(problem, node["index"], node["seed"], [_tail(p) for p in parents],
+                                [p["text"] for p in parents], 0, node["answer"])
             right = sum(probe.is_right(p["answer"]) for p in parents)
             if 0 < right < len(parents):
                 out.append(replace(probe, right_parents=right))
     return out
 
 
-async def _ask(model: str, prompts: list[MixedPrompt], style: str, max_tokens: int, temperature: float,
-               top_p: float, kv_cache_gib: float) -> list[dict]:
+def retailed(probe: MixedPrompt, tokenizer, tau: int) -> list[Tail]:
+    """The probe's candidates with tails of ``tau`` tokens cut from the parents' whole traces."""
+    out = []
+    for tail, text in zip(probe.tails, probe.texts):
+        cut = take_tail(tokenizer.encode(text), text, tokenizer, tau, finished=tail.finished)
+        out.append(replace(cut, answer=tail.answer))
+    return out
+
+
+async def _ask(model: str, prompts: list[MixedPrompt], style: str, tau: int | None, max_tokens: int,
+               temperature: float, top_p: float, kv_cache_gib: float) -> list[dict]:
     from mrsa.engine import create_engine
     from mrsa.engine.base import SamplingParams
     from mrsa.engine.config import EngineConfig
@@ -77,7 +87,8 @@ async def _ask(model: str, prompts: list[MixedPrompt], style: str, max_tokens: i
     async with create_engine(EngineConfig(model=model, cpu_kvcache_space_gib=kv_cache_gib)) as engine:
 
         async def one(i: int, p: MixedPrompt) -> dict:
-            ids = engine.tokenizer.apply_chat_template(aggregation_messages(p.problem.messages(), p.tails, style))
+            tails = p.tails if tau is None else retailed(p, engine.tokenizer, tau)
+            ids = engine.tokenizer.apply_chat_template(aggregation_messages(p.problem.messages(), tails, style))
             sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=p.seed)
             text, tokens = "", 0
             async for delta in engine.generate(ids, sampling, f"probe-{i}"):
@@ -106,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="rsa N=4 K=2 T=2", help="the configuration's name in the traces")
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--prompt", default="annotated", choices=["annotated", "bare"])
+    parser.add_argument("--prompt", default="annotated", choices=["annotated", "bare", "compare"])
+    parser.add_argument("--tail-tokens", type=int,
+                        help="re-cut every candidate to this many tokens (default: the eval's own tails)")
     parser.add_argument("--max-tokens", type=int, default=448)
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -118,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     problems = {p.id: p for p in load_jsonl(args.dataset)}
     prompts = mixed_prompts(traces, problems)
     t0 = time.perf_counter()
-    rows = asyncio.run(_ask(args.model, prompts, args.prompt, args.max_tokens, args.temperature, args.top_p,
-                            args.kv_cache_gib))
-    summary = summarize(args.model, rows) | {"config": args.config, "wall_s": time.perf_counter() - t0,
+    rows = asyncio.run(_ask(args.model, prompts, args.prompt, args.tail_tokens, args.max_tokens, args.temperature,
+                            args.top_p, args.kv_cache_gib))
+    summary = summarize(args.model, rows) | {"config": args.config, "prompt": args.prompt,
+                                             "tail_tokens": args.tail_tokens, "wall_s": time.perf_counter() - t0,
                                              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).write_text(json.dumps({"summary": summary, "results": rows}, indent=1))
     print(json.dumps(summary))

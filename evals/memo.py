@@ -28,6 +28,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from mrsa.engine.base import AsyncCloseable, Completion, Engine, GenerationDelta, SamplingParams
+from mrsa.evals.datasets import Problem
+
+
+def memo_key(model_name: str, prompt_ids: Sequence[int], params: SamplingParams) -> str:
+    """What a memoised completion is filed under: the model, the prompt's ids, the sampling."""
+    raw = json.dumps([model_name, list(prompt_ids), dataclasses.asdict(params)], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 class MemoEngine(AsyncCloseable):
@@ -56,8 +63,7 @@ class MemoEngine(AsyncCloseable):
                                                         row["prompt_tokens"])
 
     def _key(self, prompt_ids: Sequence[int], params: SamplingParams) -> str:
-        raw = json.dumps([self.model_name, list(prompt_ids), dataclasses.asdict(params)], sort_keys=True)
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return memo_key(self.model_name, prompt_ids, params)
 
     def _keep(self, key: str, completion: Completion) -> None:
         self._done[key] = completion
@@ -110,3 +116,62 @@ class MemoEngine(AsyncCloseable):
     async def aclose(self) -> None:
         """Closes the wrapped engine: the memo owns nothing else (the file is appended per line)."""
         await self.engine.aclose()
+
+
+def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: dict[str, Problem], tokenizer,
+                          model_name: str, temperature: float, top_p: float = 1.0) -> list[dict]:
+    """Memo lines for the first-round traces an ``mrsa eval --keep-traces`` run kept.
+
+    A kept trace holds its text, seed and max_tokens, not its token ids: the ids are the text
+    re-encoded, plus the end-of-sequence token where the trace's token count says it had one (the same ids wherever
+    the model wrote the tokenizer's own split of its text: 454 of 456 GSM8K traces), and
+    the key is rebuilt as the run built it (the problem's plain prompt, the trace's sampling). A
+    later evaluation given the file replays those samples instead of generating them again, so a
+    new configuration pays only for what it changes. One line per distinct key."""
+    rows: dict[str, dict] = {}
+    for runs in traces.values():
+        for pid, nodes in runs.items():
+            prompt_ids = tokenizer.apply_chat_template(problems[pid].messages())
+            for node in nodes:
+                if node["round"] != 0 or node["kind"] != "trace" or node["status"] != "finished":
+                    continue
+                params = SamplingParams(max_tokens=node["max_tokens"], temperature=temperature, top_p=top_p,
+                                        seed=node["seed"])
+                key = memo_key(model_name, prompt_ids, params)
+                ids = tokenizer.encode(node["text"])
+                stop = tokenizer.eos_token_id
+                if node["finish_reason"] == "stop" and stop is not None and len(ids) < node["completion_tokens"]:
+                    ids.append(stop)  # the engine counted its stop token, which the text leaves out
+                completion = Completion(ids, node["text"], node["finish_reason"], node["prompt_tokens"])
+                rows[key] = {"key": key, **dataclasses.asdict(completion)}
+    return list(rows.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mrsa.evals.memo --traces T --dataset D --model M --out memo.jsonl``"""
+    import argparse
+    import gzip
+
+    from mrsa.engine import EngineConfig, load_tokenizer
+    from mrsa.evals.datasets import load_jsonl
+
+    parser = argparse.ArgumentParser(prog="python -m mrsa.evals.memo", description=memo_rows_from_traces.__doc__)
+    parser.add_argument("--traces", required=True, help="traces.json(.gz) of mrsa eval --keep-traces")
+    parser.add_argument("--dataset", required=True, help="the eval's dataset (JSONL)")
+    parser.add_argument("--model", required=True, help="the eval's model (a built-in name or a folder)")
+    parser.add_argument("--temperature", type=float, required=True, help="the eval's trace temperature")
+    parser.add_argument("--out", required=True, help="memo file to append to")
+    args = parser.parse_args(argv)
+    path = Path(args.traces)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    tokenizer, name = load_tokenizer(EngineConfig(model=args.model))
+    problems = {p.id: p for p in load_jsonl(args.dataset)}
+    rows = memo_rows_from_traces(json.loads(raw), problems, tokenizer, name, args.temperature)
+    with Path(args.out).open("a", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    print(f"{len(rows)} completions written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

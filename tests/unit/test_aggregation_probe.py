@@ -9,7 +9,8 @@ from mrsa.evals.datasets import Problem
 
 def node(round_: int, index: int, answer: str | None, parents: list[int] = (), **kw) -> dict:
     return {"round": round_, "index": index, "kind": "trace", "parents": list(parents), "seed": 10 * round_ + index,
-            "answer": answer, "tail_text": f"tail {round_}.{index}", "tail_tokens": 3, "cut": False,
+            "answer": answer, "tail_text": f"tail {round_}.{index}", "text": f"whole {round_}.{index}", "tail_tokens": 3,
+            "cut": False,
             "finish_reason": kw.get("finish_reason", "stop")}
 
 
@@ -36,3 +37,18 @@ def test_summary_counts_right_answers_against_chance() -> None:
             {"right": False, "original_right": True, "right_parents": 1, "candidates": 4, "tokens": 7}]
     assert summarize("m", rows) == {"model": "m", "prompts": 2, "right": 1, "original_right": 1,
                                     "chance": 0.75, "tokens": 12}
+
+
+def test_candidates_can_be_recut_from_the_whole_traces() -> None:
+    from mrsa.evals.aggregation_probe import retailed
+    from tests.fakes import FakeTokenizer
+
+    problems = {"1": Problem("1", "What is 6 * 7?", "42")}
+    traces = {"1": [node(0, 0, "42"), node(0, 1, "41"), node(1, 0, "41", [1, 0])]}
+    (probe,) = mixed_prompts(traces, problems)
+    tok = FakeTokenizer()
+    whole = retailed(probe, tok, 100)  # longer than the traces: each whole, uncut
+    assert [t.text for t in whole] == ["whole 0.1", "whole 0.0"] and not any(t.cut for t in whole)
+    assert [t.answer for t in whole] == ["41", "42"] and all(t.finished for t in whole)
+    short = retailed(probe, tok, 1)  # the last token only, marked cut
+    assert [t.text for t in short] == ["1", "0"] and all(t.cut for t in short)

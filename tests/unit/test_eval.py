@@ -359,6 +359,29 @@ async def test_memo_engine_does_not_keep_aborted_requests() -> None:
     assert len(inner.requests) == 4  # an unseeded request is a fresh sample every time
 
 
+async def test_a_memo_rebuilt_from_kept_traces_replays_the_first_round(tmp_path: Path) -> None:
+    from mrsa.evals.memo import MemoEngine, memo_rows_from_traces
+
+    problems = arithmetic(3, 1, seed=5)
+    configs = [parse_config(s, DEFAULTS) for s in ("majority:n=4", "rsa:n=4,k=2,t=2")]
+    first = _coin_engine(problems)
+    kept = await evaluate(EngineBackend(first, keep_traces=True), configs, problems, seed=2)
+    traces = {c["name"]: {r["problem"]: r["trace"] for r in c["runs"]} for c in kept["configs"]}
+    rows = memo_rows_from_traces(traces, {p.id: p for p in problems}, first.tokenizer, first.model_name,
+                                 DEFAULTS.get("temperature", 0.6))
+    assert len(rows) == 3 * 4  # the four first-round samples of each problem, once
+    path = tmp_path / "memo.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    again = _coin_engine(problems)
+    again.tokenizer = first.tokenizer  # the fake's vocabulary grows as it goes: the same ids
+    memo = MemoEngine(again, path)
+    replayed = await evaluate(EngineBackend(memo), configs, problems, seed=2)
+    assert len(again.requests) == 3 * 4 and memo.hits == 2 * 3 * 4  # only rsa's second round ran
+    assert all("Attempt 2" in r.prompt for r in again.requests)  # aggregations only
+    strip = lambda runs: [{k: v for k, v in r.items() if k not in ("wall_s", "trace")} for r in runs]  # noqa: E731
+    assert [strip(c["runs"]) for c in replayed["configs"]] == [strip(c["runs"]) for c in kept["configs"]]
+
+
 # ----------------------------------------------------------------------------- slices
 
 
