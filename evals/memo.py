@@ -123,9 +123,10 @@ def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: di
     """Memo lines for the first-round traces an ``mrsa eval --keep-traces`` run kept.
 
     A kept trace holds its text, seed and max_tokens, not its token ids: the ids are the text
-    re-encoded, plus the end-of-sequence token where the trace's token count says it had one (the same ids wherever
-    the model wrote the tokenizer's own split of its text: 454 of 456 GSM8K traces), and
-    the key is rebuilt as the run built it (the problem's plain prompt, the trace's sampling). A
+    re-encoded, plus the end-of-sequence token where the trace's token count says it had one
+    (the same ids wherever the model wrote the tokenizer's own split of its text: 454 of 456
+    GSM8K traces), and the key is rebuilt as the run built it (the problem's plain prompt, the
+    trace's sampling). A
     later evaluation given the file replays those samples instead of generating them again, so a
     new configuration pays only for what it changes. One line per distinct key."""
     rows: dict[str, dict] = {}
