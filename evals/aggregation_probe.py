@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mrsa.evals.datasets import Problem, load_jsonl
+from mrsa.evals.memo import read_traces
 from mrsa.rsa.answers import extract_answer, normalize_answer
 from mrsa.rsa.tails import Tail, take_tail
 
@@ -125,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--kv-cache-gib", type=float, default=3)
     args = parser.parse_args(argv)
-    path = Path(args.traces)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    traces = json.loads(raw)[args.config]
+    traces = read_traces(args.traces)[args.config]
     problems = {p.id: p for p in load_jsonl(args.dataset)}
     prompts = mixed_prompts(traces, problems)
     t0 = time.perf_counter()

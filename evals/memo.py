@@ -118,6 +118,16 @@ class MemoEngine(AsyncCloseable):
         await self.engine.aclose()
 
 
+def read_traces(path: str | Path) -> dict[str, dict[str, list[dict]]]:
+    """A traces file as ``mrsa eval --keep-traces`` writes it, or gzipped: configuration ->
+    problem -> the run's calls."""
+    import gzip
+
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return json.loads(raw)
+
+
 def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: dict[str, Problem], tokenizer,
                           model_name: str, temperature: float, top_p: float = 1.0) -> list[dict]:
     """Memo lines for the first-round traces an ``mrsa eval --keep-traces`` run kept.
@@ -151,7 +161,6 @@ def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: di
 def main(argv: list[str] | None = None) -> int:
     """``python -m mrsa.evals.memo --traces T --dataset D --model M --out memo.jsonl``"""
     import argparse
-    import gzip
 
     from mrsa.engine import EngineConfig, load_tokenizer
     from mrsa.evals.datasets import load_jsonl
@@ -163,11 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, required=True, help="the eval's trace temperature")
     parser.add_argument("--out", required=True, help="memo file to append to")
     args = parser.parse_args(argv)
-    path = Path(args.traces)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     tokenizer, name = load_tokenizer(EngineConfig(model=args.model))
     problems = {p.id: p for p in load_jsonl(args.dataset)}
-    rows = memo_rows_from_traces(json.loads(raw), problems, tokenizer, name, args.temperature)
+    rows = memo_rows_from_traces(read_traces(args.traces), problems, tokenizer, name, args.temperature)
     with Path(args.out).open("a", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     print(f"{len(rows)} completions written to {args.out}")
