@@ -223,8 +223,9 @@ def check_context(
     if generation == 0:
         return ContextNeeds(prompt_tokens, 0, plain)
     # Empty candidates under their longest possible heading (an answer label at full length).
-    # Distinct answers: a compare prompt lists each one once more after the candidates.
-    empty = [Tail(text="", num_tokens=0, cut=True, answer=str(n % 10) * ANSWER_LABEL_CHARS) for n in range(params.k)]
+    # Distinct answers (a compare prompt lists each one once more after the candidates), each
+    # of ANSWER_LABEL_CHARS digits.
+    empty = [Tail(text="", num_tokens=0, cut=True, answer=f"{n:0{ANSWER_LABEL_CHARS}d}") for n in range(params.k)]
     overhead = len(tokenizer.apply_chat_template(aggregation_messages(messages, empty, params.aggregation_prompt)))
     per_candidate = min(params.tail_tokens, params.trace_max_tokens) + CANDIDATE_SLACK
     aggregation_prompt = overhead + params.k * per_candidate
