@@ -68,6 +68,26 @@ def mixed_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -
     return out
 
 
+def population_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -> list[MixedPrompt]:
+    """One prompt per problem whose first-round population is partly right: all of that round's
+    traces as the candidates (K = N, in index order), seeded like the problem's first round-2
+    node. This asks whether an aggregator that sees the whole population picks better than the
+    population's vote."""
+    out: list[MixedPrompt] = []
+    for pid, nodes in traces.items():
+        problem = problems[pid]
+        first = sorted((n for n in nodes if n["round"] == 0 and n["kind"] == "trace"), key=lambda n: n["index"])
+        second = sorted((n for n in nodes if n["round"] == 1 and n["kind"] == "trace"), key=lambda n: n["index"])
+        if not first or not second:
+            continue
+        probe = MixedPrompt(problem, second[0]["index"], second[0]["seed"], [_tail(n) for n in first],
+                            [n["text"] for n in first], 0, second[0]["answer"])
+        right = sum(probe.is_right(n["answer"]) for n in first)
+        if 0 < right < len(first):
+            out.append(replace(probe, right_parents=right))
+    return out
+
+
 def retailed(probe: MixedPrompt, tokenizer, tau: int) -> list[Tail]:
     """The probe's candidates with tails of ``tau`` tokens cut from the parents' whole traces."""
     out = []
@@ -96,6 +116,7 @@ async def _ask(model: str, prompts: list[MixedPrompt], style: str, tau: int | No
             answer = extract_answer(text)
             return {"problem": p.problem.id, "index": p.index, "gold": p.problem.answer,
                     "right_parents": p.right_parents, "candidates": len(p.tails),
+                    "candidate_answers": [t.answer for t in p.tails],
                     "original_answer": p.original_answer, "original_right": p.is_right(p.original_answer),
                     "answer": answer, "right": p.is_right(answer), "tokens": tokens, "text": text}
 
@@ -120,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="annotated", choices=["annotated", "bare", "compare"])
     parser.add_argument("--tail-tokens", type=int,
                         help="re-cut every candidate to this many tokens (default: the eval's own tails)")
+    parser.add_argument("--population", action="store_true",
+                        help="one prompt per partly-right first round, all its traces as candidates "
+                             "(default: the configuration's own mixed round-2 prompts)")
     parser.add_argument("--max-tokens", type=int, default=448)
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -127,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     traces = read_traces(args.traces)[args.config]
     problems = {p.id: p for p in load_jsonl(args.dataset)}
-    prompts = mixed_prompts(traces, problems)
+    prompts = (population_prompts if args.population else mixed_prompts)(traces, problems)
     t0 = time.perf_counter()
     rows = asyncio.run(_ask(args.model, prompts, args.prompt, args.tail_tokens, args.max_tokens, args.temperature,
                             args.top_p, args.kv_cache_gib))
     summary = summarize(args.model, rows) | {"config": args.config, "prompt": args.prompt,
+                                             "population": args.population,
                                              "tail_tokens": args.tail_tokens, "wall_s": time.perf_counter() - t0,
                                              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).write_text(json.dumps({"summary": summary, "results": rows}, indent=1))

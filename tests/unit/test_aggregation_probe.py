@@ -3,7 +3,7 @@ correctness, and rebuilds them from the stored tails."""
 
 from __future__ import annotations
 
-from mrsa.evals.aggregation_probe import mixed_prompts, summarize
+from mrsa.evals.aggregation_probe import mixed_prompts, population_prompts, summarize
 from mrsa.evals.datasets import Problem
 
 
@@ -30,6 +30,22 @@ def test_only_partly_right_parents_make_a_probe_prompt() -> None:
     assert [t.text for t in last.tails] == ["tail 0.3", "tail 0.2"] and last.seed == 13
     assert [t.finished for t in last.tails] == [False, True] and last.tails[1].answer == "42.0"
     assert last.is_right(" 42 ") and not last.is_right(None) and not probes[0].is_right(probes[0].original_answer)
+
+
+def test_a_partly_right_first_round_makes_one_whole_population_prompt() -> None:
+    problems = {"1": Problem("1", "What is 6 * 7?", "42"), "2": Problem("2", "What is 2 * 2?", "4"),
+                "3": Problem("3", "What is 1 + 1?", "2")}
+    traces = {
+        "1": [node(1, 1, "41", [2, 0]), node(0, 2, "41"), node(0, 0, "42"), node(0, 1, None, finish_reason="length"),
+              node(1, 0, "42", [0, 1]), {**node(2, 0, "42"), "kind": "final"}],
+        "2": [node(0, 0, "4"), node(0, 1, "4"), node(1, 0, "4", [0, 1])],  # all right: not probed
+        "3": [node(0, 0, "3"), node(0, 1, None), node(1, 0, "3", [0, 1])],  # none right: not probed
+    }
+    (probe,) = population_prompts(traces, problems)
+    assert probe.problem.id == "1" and probe.right_parents == 1
+    assert [t.text for t in probe.tails] == ["tail 0.0", "tail 0.1", "tail 0.2"]  # index order
+    assert probe.texts == ["whole 0.0", "whole 0.1", "whole 0.2"]
+    assert (probe.index, probe.seed, probe.original_answer) == (0, 10, "42")  # the first round-2 node
 
 
 def test_summary_counts_right_answers_against_chance() -> None:
