@@ -12,6 +12,8 @@ reports how often it keeps a right answer, beside how often the eval's own model
         --model Qwen2.5-Coder-1.5B-Instruct --out docs/eval/gsm8k-qwen05b/probe-15b.json
 
 It costs one generation per mixed prompt (37 for the 36 problems of the K=2 run measured here).
+``--population`` asks instead one aggregate per problem whose first round is partly right, with
+that whole round as its candidates: does an aggregator that sees every sample beat their vote?
 """
 
 from __future__ import annotations
