@@ -14,12 +14,15 @@ reports how often it keeps a right answer, beside how often the eval's own model
 It costs one generation per mixed prompt (37 for the 36 problems of the K=2 run measured here).
 ``--population`` asks instead one aggregate per problem whose first round is partly right, with
 that whole round as its candidates: does an aggregator that sees every sample beat their vote?
+``--aggregates`` asks instead what a third round would be asked: every pair of a problem's
+round-2 aggregates with one right answer. Do aggregates of aggregates select as well?
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import time
 from dataclasses import dataclass, replace
@@ -90,6 +93,24 @@ def population_prompts(traces: dict[str, list[dict]], problems: dict[str, Proble
     return out
 
 
+def aggregate_pair_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -> list[MixedPrompt]:
+    """What a third round would be asked: every pair of one problem's round-2 aggregates
+    (``round == 1``; lower index first) with one right and one wrong (or missing) answer, seeded
+    from the pair's own seeds. Does aggregating aggregates select as well as the first
+    aggregation did?"""
+    out: list[MixedPrompt] = []
+    for pid, nodes in traces.items():
+        problem = problems[pid]
+        second = sorted((n for n in nodes if n["round"] == 1 and n["kind"] == "trace"), key=lambda n: n["index"])
+        for a, b in itertools.combinations(second, 2):
+            probe = MixedPrompt(problem, len(out), (a["seed"] * 1_000_003 + b["seed"]) % 2**31, [_tail(a), _tail(b)],
+                                [a["text"], b["text"]], 0, None)
+            right = probe.is_right(a["answer"]) + probe.is_right(b["answer"])
+            if right == 1:
+                out.append(replace(probe, right_parents=1))
+    return out
+
+
 def retailed(probe: MixedPrompt, tokenizer, tau: int) -> list[Tail]:
     """The probe's candidates with tails of ``tau`` tokens cut from the parents' whole traces."""
     out = []
@@ -146,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--population", action="store_true",
                         help="one prompt per partly-right first round, all its traces as candidates "
                              "(default: the configuration's own mixed round-2 prompts)")
+    parser.add_argument("--aggregates", action="store_true",
+                        help="pairs of round-2 aggregates, one right and one wrong (what a third round is asked)")
     parser.add_argument("--max-tokens", type=int, default=448)
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -153,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     traces = read_traces(args.traces)[args.config]
     problems = {p.id: p for p in load_jsonl(args.dataset)}
-    prompts = (population_prompts if args.population else mixed_prompts)(traces, problems)
+    pick = population_prompts if args.population else aggregate_pair_prompts if args.aggregates else mixed_prompts
+    prompts = pick(traces, problems)
     t0 = time.perf_counter()
     rows = asyncio.run(_ask(args.model, prompts, args.prompt, args.tail_tokens, args.max_tokens, args.temperature,
                             args.top_p, args.kv_cache_gib))
     summary = summarize(args.model, rows) | {"config": args.config, "prompt": args.prompt,
-                                             "population": args.population,
+                                             "population": args.population, "aggregates": args.aggregates,
                                              "tail_tokens": args.tail_tokens, "wall_s": time.perf_counter() - t0,
                                              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     Path(args.out).write_text(json.dumps({"summary": summary, "results": rows}, indent=1))

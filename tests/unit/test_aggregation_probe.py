@@ -68,3 +68,21 @@ def test_candidates_can_be_recut_from_the_whole_traces() -> None:
     assert [t.answer for t in whole] == ["41", "42"] and all(t.finished for t in whole)
     short = retailed(probe, tok, 1)  # the last token only, marked cut
     assert [t.text for t in short] == ["1", "0"] and all(t.cut for t in short)
+
+
+def test_pairs_of_aggregates_with_one_right_answer_make_third_round_prompts() -> None:
+    from mrsa.evals.aggregation_probe import aggregate_pair_prompts
+
+    problems = {"1": Problem("1", "What is 6 * 7?", "42"), "2": Problem("2", "What is 2 * 2?", "4")}
+    traces = {
+        "1": [node(0, 0, "42"), node(0, 1, "41"),
+              node(1, 2, "42", [0, 1]), node(1, 0, "41", [0, 1]), node(1, 1, None, [1, 0], finish_reason="length"),
+              {**node(2, 0, "42"), "kind": "final"}],
+        "2": [node(0, 0, "4"), node(1, 0, "4", [0, 0]), node(1, 1, "4", [0, 0])],  # no wrong aggregate: none
+    }
+    probes = aggregate_pair_prompts(traces, problems)
+    # pairs (0, 2) and (1, 2) have one right aggregate; (0, 1) has none
+    assert [[t.text for t in p.tails] for p in probes] == [["tail 1.0", "tail 1.2"], ["tail 1.1", "tail 1.2"]]
+    assert [p.index for p in probes] == [0, 1] and all(p.right_parents == 1 for p in probes)
+    assert probes[0].seed == (10 * 1_000_003 + 12) % 2**31 and probes[1].tails[0].finished is False
+    assert probes[1].texts == ["whole 1.1", "whole 1.2"]
