@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mrsa.evals.datasets import Problem, load_jsonl
-from mrsa.evals.memo import read_traces
+from mrsa.evals.memo import read_traces, round_traces
 from mrsa.rsa.answers import extract_answer, normalize_answer
 from mrsa.rsa.tails import Tail, take_tail
 
@@ -60,7 +60,7 @@ def mixed_prompts(traces: dict[str, list[dict]], problems: dict[str, Problem]) -
     out: list[MixedPrompt] = []
     for pid, nodes in traces.items():
         problem = problems[pid]
-        first = {n["index"]: n for n in nodes if n["round"] == 0 and n["kind"] == "trace"}
+        first = {n["index"]: n for n in round_traces(nodes, 0)}
         for node in nodes:
             if node["round"] != 1 or node["kind"] != "trace":
                 continue
@@ -81,8 +81,7 @@ def population_prompts(traces: dict[str, list[dict]], problems: dict[str, Proble
     out: list[MixedPrompt] = []
     for pid, nodes in traces.items():
         problem = problems[pid]
-        first = sorted((n for n in nodes if n["round"] == 0 and n["kind"] == "trace"), key=lambda n: n["index"])
-        second = sorted((n for n in nodes if n["round"] == 1 and n["kind"] == "trace"), key=lambda n: n["index"])
+        first, second = round_traces(nodes, 0), round_traces(nodes, 1)
         if not first or not second:
             continue
         probe = MixedPrompt(problem, second[0]["index"], second[0]["seed"], [_tail(n) for n in first],
@@ -101,7 +100,7 @@ def aggregate_pair_prompts(traces: dict[str, list[dict]], problems: dict[str, Pr
     out: list[MixedPrompt] = []
     for pid, nodes in traces.items():
         problem = problems[pid]
-        second = sorted((n for n in nodes if n["round"] == 1 and n["kind"] == "trace"), key=lambda n: n["index"])
+        second = round_traces(nodes, 1)
         for a, b in itertools.combinations(second, 2):
             probe = MixedPrompt(problem, len(out), (a["seed"] * 1_000_003 + b["seed"]) % 2**31, [_tail(a), _tail(b)],
                                 [a["text"], b["text"]], 0, None)

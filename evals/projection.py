@@ -36,7 +36,7 @@ from pathlib import Path
 
 from mrsa.evals.datasets import load_jsonl
 from mrsa.evals.grading import is_correct
-from mrsa.evals.memo import read_traces
+from mrsa.evals.memo import read_traces, round_traces
 from mrsa.rsa.answers import normalize_answer
 
 KINDS = ("agree-right", "agree-wrong", "mixed", "both-wrong")
@@ -99,9 +99,9 @@ def measure(traces: dict[str, list[dict]], gold: dict[str, str]) -> Aggregator:
     counts = {kind: Counter() for kind in KINDS}
     tokens: list[int] = []
     for pid, nodes in traces.items():
-        first = {n["index"]: n for n in nodes if n["round"] == 0 and n["kind"] == "trace"}
-        for node in nodes:
-            if node["round"] != 1 or node["kind"] != "trace" or len(node["parents"]) != 2:
+        first = {n["index"]: n for n in round_traces(nodes, 0)}
+        for node in round_traces(nodes, 1):
+            if len(node["parents"]) != 2:
                 continue
             parents = [sample(first[i]["answer"], gold[pid]) for i in node["parents"]]
             child = sample(node["answer"], gold[pid])
@@ -124,7 +124,7 @@ def first_rounds(traces: dict[str, list[dict]], gold: dict[str, str]) -> list[Fi
     """Each problem's first-round samples in index order, from a majority configuration."""
     out = []
     for pid, nodes in traces.items():
-        first = sorted((n for n in nodes if n["round"] == 0 and n["kind"] == "trace"), key=lambda n: n["index"])
+        first = round_traces(nodes, 0)
         out.append(FirstRound([sample(n["answer"], gold[pid]) for n in first], [n["completion_tokens"] for n in first]))
     return out
 
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     traces = read_traces(args.traces)
     gold = {p.id: p.answer for p in load_jsonl(args.dataset)}
-    aggregator = measure(traces[args.rsa_config], gold)
+    rsa_traces = traces[args.rsa_config]
+    aggregator = measure(rsa_traces, gold)
     problems = first_rounds(traces[args.majority_config], gold)
     curve = majority_curve(problems)
     measured_rate = aggregator.rates("mixed")["right"]
@@ -246,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:
         print(f"  {kind:12s}", dict(aggregator.counts[kind]))
     print("majority@k:", ", ".join(f"@{k} {right} ({tokens:.0f} tok)" for k, right, tokens in curve))
-    rsa_traces = traces[args.rsa_config]
-    measured_n = len([n for n in next(iter(rsa_traces.values())) if n["round"] == 0 and n["kind"] == "trace"])
+    measured_n = len(round_traces(next(iter(rsa_traces.values())), 0))
     exact = carried_forward(rsa_traces, gold)
-    measured_vote = exact["right"]
     replay = project(problems, aggregator, measured_n, 2, reps=args.reps, seed=args.seed)
     print(f"replay of N={measured_n} T=2: {replay[0]:.1f} right, {replay[1]:.0f} tok "
-          f"(the traces' own second-round vote: {measured_vote} right, {exact['tokens']:.0f} tok)")
+          f"(the traces' own second-round vote: {exact['right']} right, {exact['tokens']:.0f} tok)")
     print(f"the traces with agreeing pairs carried forward (exact): {exact['carried_right']} right, "
           f"{exact['carried_tokens']:.0f} tok")
     rows = []
@@ -271,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps({"problems": len(problems), "aggregator": {
             "tokens": aggregator.tokens, "counts": {k: dict(v) for k, v in aggregator.counts.items()}},
             "majority": curve, "replay": {"population": measured_n, "right": replay[0], "tokens": replay[1],
-                                     "measured_right": measured_vote},
+                                     "measured_right": exact["right"]},
             "carried_forward": exact,
             "rows": rows}, indent=1))
     return 0
