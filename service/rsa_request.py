@@ -50,7 +50,8 @@ def rsa_request(raw: dict) -> ChatCompletionRequest:
             param=name,
             code="unsupported_parameter",
         )
-    for i, message in enumerate(raw.get("messages") or ()):
+    messages = raw.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):  # else validation's 400
         if isinstance(message, dict):
             extra = sorted(k for k, v in message.items() if k not in MESSAGE_FIELDS and v is not None)
             if extra:

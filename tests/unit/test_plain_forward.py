@@ -176,3 +176,14 @@ async def test_a_client_that_leaves_a_plain_stream_aborts_its_engine_requests() 
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
     assert len(engine.requests) == 2 and all(r.aborted for r in engine.requests)
     assert all(r.completion_tokens < 100 for r in engine.requests)  # stopped, not run to the end
+
+
+@pytest.mark.parametrize("messages", [1.5, 7, True, {"role": "user", "content": "hi"}, "hi"])
+@pytest.mark.parametrize("how", [{"rsa": {"population": 2}}, {"reasoning_effort": "low"}])
+async def test_rsa_messages_that_are_not_a_list_are_a_400_naming_messages(served, messages, how: dict) -> None:
+    engine, http = served
+    for path in ("/v1/chat/completions", "/v1/rsa/runs"):
+        response = await http.post(path, json={"model": "fake-model", "messages": messages, **how})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"]["param"].split(".")[0] == "messages", response.text
+    assert engine.requests == [] and engine.openai.calls == []
