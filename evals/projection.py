@@ -14,6 +14,12 @@ more reliably than counting votes does. This replays an ``mrsa eval --keep-trace
    ``mixed`` pairs by s (a better aggregator); ``--skip-agreeing`` carries a pair's common
    answer forward without generating. Each aggregate costs the measured mean tokens.
 3. It prints the majority@k of the same samples beside it, for matched tokens.
+4. ``--tiebreak`` asks instead what a vote-first rule could buy: vote over the first m samples,
+   and only where the leader is at most ``margin`` votes ahead of the runner-up, spend j
+   judge calls (each costing an aggregate) on those two answers; the majority of the judges
+   wins, a tie keeps the vote. A judge picks the right one of the two with probability s and
+   cannot find an answer neither holds. Exact expectations, no simulation; s = 1 is the
+   ceiling of the rule.
 
 The simulation draws every aggregation independently at the measured rates: a model, not a
 measurement. Its first line replays the configuration the traces measured, beside what that
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -220,6 +227,41 @@ def project(problems: Sequence[FirstRound], aggregator: Aggregator, population: 
     return right * len(problems) / runs, tokens / runs
 
 
+def _leaders(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples' distinct answers, most votes first (ties: the answer seen first)."""
+    counts = Counter(s.key for s in samples if s.key is not None)
+    first: dict[str, Sample] = {}
+    for s in samples:
+        if s.key is not None:
+            first.setdefault(s.key, s)
+    return sorted(first.values(), key=lambda s: -counts[s.key])
+
+
+def tiebreak(problems: Sequence[FirstRound], samples: int, margin: int, judges: int, selector: float,
+             judge_tokens: float) -> tuple[float, float]:
+    """(expected problems right, mean tokens per problem) of the vote-first rule (module doc, 4)."""
+    right = tokens = 0.0
+    for problem in problems:
+        drawn = problem.samples[:samples]
+        tokens += sum(problem.tokens[:samples])
+        leaders = _leaders(drawn)
+        if not leaders:
+            continue
+        counts = Counter(s.key for s in drawn if s.key is not None)
+        lead = leaders[0]
+        if len(leaders) == 1 or counts[lead.key] - counts[leaders[1].key] > margin:
+            right += lead.right
+            continue
+        tokens += judges * judge_tokens
+        if lead.right == leaders[1].right:  # neither right: the judges cannot help
+            right += lead.right
+            continue
+        for wins in range(judges + 1):
+            p = math.comb(judges, wins) * selector**wins * (1 - selector) ** (judges - wins)
+            right += p if 2 * wins > judges else p * lead.right if 2 * wins == judges else 0.0
+    return right, tokens / len(problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mrsa.evals.projection", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -231,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--selector", type=float, nargs="*", default=[],
                         help="mixed-pair accuracies to project beside the measured one")
+    parser.add_argument("--tiebreak", action="store_true",
+                        help="also project the vote-first rule (module doc, 4) at no more than majority@8's tokens")
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the projections as JSON here")
@@ -266,8 +310,20 @@ def main(argv: list[str] | None = None) -> int:
                      "majority_k": k, "majority_right": maj_right, "majority_tokens": maj_tokens})
         print(f"s={rows[-1]['selector']:.2f} N={n} T={t} skip_agreeing={skip!s:5} vote_all={vote_all!s:5} "
               f"{right:6.1f} right {tokens:5.0f} tok | majority@{k} {maj_right} ({maj_tokens:.0f} tok)")
+    tiebreaks = []
+    if args.tiebreak:
+        budget = curve[-1][2]
+        for s in sorted({measured_rate, *args.selector, 1.0}):
+            rules = [tiebreak(problems, m, margin, j, s, aggregator.tokens) + (m, margin, j)
+                     for m in range(2, curve[-1][0] + 1) for margin in range(4) for j in (1, 2, 3)]
+            best = max((rule for rule in rules if rule[1] <= budget), key=lambda rule: rule[0])
+            right, tokens, m, margin, j = best
+            tiebreaks.append({"selector": s, "samples": m, "margin": margin, "judges": j, "right": right,
+                              "tokens": tokens})
+            print(f"vote-first s={s:.2f}: best at <= {budget:.0f} tok: vote of {m}, judges {j} where the lead "
+                  f"is <= {margin}: {right:6.1f} right {tokens:5.0f} tok | majority@{curve[-1][0]} {curve[-1][1]}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"problems": len(problems), "aggregator": {
+        Path(args.out).write_text(json.dumps({"problems": len(problems), "tiebreak": tiebreaks, "aggregator": {
             "tokens": aggregator.tokens, "counts": {k: dict(v) for k, v in aggregator.counts.items()}},
             "majority": curve, "replay": {"population": measured_n, "right": replay[0], "tokens": replay[1],
                                      "measured_right": exact["right"]},

@@ -100,3 +100,34 @@ def test_the_command_replays_the_measured_configuration_and_writes_rows(tmp_path
     assert result["aggregator"]["counts"]["mixed"] == {"right": 2}
     assert len(result["rows"]) == 2 * 2 * 2  # measured and s = 1.0, skip or not, last or every round's vote
     assert {r["selector"] for r in result["rows"]} == {1.0}  # the measured mixed rate is 2 of 2
+
+
+def test_the_vote_first_rule_judges_only_close_calls_between_the_two_leaders() -> None:
+    close = [FirstRound([WRONG_A, RIGHT, WRONG_A, RIGHT], [5, 5, 5, 5])]  # 2-2, the wrong answer seen first
+    assert projection.tiebreak(close, 4, 0, 1, 1.0, 100.0) == (1.0, 20.0 + 100.0)
+    assert projection.tiebreak(close, 4, 0, 1, 0.0, 100.0) == (0.0, 120.0)
+    # two judges at a coin: both right a quarter of the time; a split keeps the vote (wrong)
+    assert projection.tiebreak(close, 4, 0, 2, 0.5, 100.0) == (pytest.approx(0.25), 220.0)
+    clear = [FirstRound([WRONG_A, WRONG_A, WRONG_A, RIGHT], [5, 5, 5, 5])]  # a lead of 2 > margin 1
+    assert projection.tiebreak(clear, 4, 1, 3, 1.0, 100.0) == (0.0, 20.0)
+    neither = [FirstRound([WRONG_A, WRONG_B, RIGHT], [5, 5, 5])]  # the leaders 41 and 40 are both wrong
+    assert projection.tiebreak(neither, 3, 0, 1, 1.0, 100.0) == (0.0, 115.0)
+    assert projection.tiebreak([FirstRound([NONE, NONE], [5, 5])], 2, 0, 1, 1.0, 100.0) == (0.0, 10.0)
+
+
+def test_the_command_reports_the_best_vote_first_rule_within_majoritys_tokens(tmp_path, capsys) -> None:
+    first = [node(0, i, a, tokens=20) for i, a in enumerate(["41", "42", "41", "42"])]
+    traces = {"majority@4": {"1": first},
+              "rsa": {"1": first + [node(1, i, "42", [0, 1], tokens=20) for i in range(4)]}}
+    (tmp_path / "traces.json").write_text(json.dumps(traces))
+    (tmp_path / "data.jsonl").write_text('{"id": "1", "question": "6*7?", "answer": "42"}\n')
+    out = tmp_path / "projection.json"
+    assert projection.main(["--traces", str(tmp_path / "traces.json"), "--dataset", str(tmp_path / "data.jsonl"),
+                            "--rsa-config", "rsa", "--majority-config", "majority@4", "--population", "4",
+                            "--rounds", "2", "--reps", "2", "--tiebreak", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["tiebreak"]
+    # majority@4 (80 tok) is wrong: 2-2 and 41 seen first; a vote of 3 (2-1 for 41) plus one judge
+    # (20 tok) that always picks 42 fits the 80 tokens and is right
+    assert [r["selector"] for r in rows] == [1.0]  # the measured rate is 1.0 too
+    assert rows[0]["right"] == 1.0 and rows[0]["tokens"] <= 80.0
+    assert "vote-first s=1.00" in capsys.readouterr().out
