@@ -258,7 +258,10 @@ def tiebreak(problems: Sequence[FirstRound], samples: int, margin: int, judges: 
             continue
         for wins in range(judges + 1):
             p = math.comb(judges, wins) * selector**wins * (1 - selector) ** (judges - wins)
-            right += p if 2 * wins > judges else p * lead.right if 2 * wins == judges else 0.0
+            if 2 * wins > judges:
+                right += p
+            elif 2 * wins == judges:  # a split keeps the vote
+                right += p * lead.right
     return right, tokens / len(problems)
 
 
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selector", type=float, nargs="*", default=[],
                         help="mixed-pair accuracies to project beside the measured one")
     parser.add_argument("--tiebreak", action="store_true",
-                        help="also project the vote-first rule (module doc, 4) at no more than majority@8's tokens")
+                        help="also project the vote-first rule (module doc, 4) within the largest majority@k's tokens")
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the projections as JSON here")
