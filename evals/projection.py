@@ -136,14 +136,21 @@ def first_rounds(traces: dict[str, list[dict]], gold: dict[str, str]) -> list[Fi
     return out
 
 
+def ranked(samples: Sequence[Sample]) -> list[tuple[Sample, int]]:
+    """The samples' distinct answers (each as its first sample) with their votes, most votes
+    first; ties go to the answer seen first."""
+    counts = Counter(s.key for s in samples if s.key is not None)
+    first: dict[str, Sample] = {}
+    for s in samples:
+        if s.key is not None:
+            first.setdefault(s.key, s)
+    return sorted(((s, counts[s.key]) for s in first.values()), key=lambda pair: -pair[1])
+
+
 def vote(samples: Sequence[Sample]) -> bool:
     """Whether the plurality answer is right; ties go to the answer seen first."""
-    counts = Counter(s.key for s in samples if s.key is not None)
-    if not counts:
-        return False
-    best = max(counts.values())
-    winner = next(s for s in samples if s.key is not None and counts[s.key] == best)
-    return winner.right
+    leaders = ranked(samples)
+    return bool(leaders) and leaders[0][0].right
 
 
 def carried_forward(traces: dict[str, list[dict]], gold: dict[str, str]) -> dict[str, float]:
@@ -227,16 +234,6 @@ def project(problems: Sequence[FirstRound], aggregator: Aggregator, population: 
     return right * len(problems) / runs, tokens / runs
 
 
-def _leaders(samples: Sequence[Sample]) -> list[Sample]:
-    """The samples' distinct answers, most votes first (ties: the answer seen first)."""
-    counts = Counter(s.key for s in samples if s.key is not None)
-    first: dict[str, Sample] = {}
-    for s in samples:
-        if s.key is not None:
-            first.setdefault(s.key, s)
-    return sorted(first.values(), key=lambda s: -counts[s.key])
-
-
 def tiebreak(problems: Sequence[FirstRound], samples: int, margin: int, judges: int, selector: float,
              judge_tokens: float) -> tuple[float, float]:
     """(expected problems right, mean tokens per problem) of the vote-first rule (module doc, 4)."""
@@ -244,16 +241,15 @@ def tiebreak(problems: Sequence[FirstRound], samples: int, margin: int, judges: 
     for problem in problems:
         drawn = problem.samples[:samples]
         tokens += sum(problem.tokens[:samples])
-        leaders = _leaders(drawn)
+        leaders = ranked(drawn)
         if not leaders:
             continue
-        counts = Counter(s.key for s in drawn if s.key is not None)
-        lead = leaders[0]
-        if len(leaders) == 1 or counts[lead.key] - counts[leaders[1].key] > margin:
+        (lead, lead_votes), *rest = leaders
+        if not rest or lead_votes - rest[0][1] > margin:
             right += lead.right
             continue
         tokens += judges * judge_tokens
-        if lead.right == leaders[1].right:  # neither right: the judges cannot help
+        if lead.right == rest[0][0].right:  # neither right: the judges cannot help
             right += lead.right
             continue
         for wins in range(judges + 1):
