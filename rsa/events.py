@@ -11,7 +11,9 @@ from typing import Literal
 
 from mrsa.engine.base import EngineError
 
-StopReason = Literal["rounds", "consensus", "budget", "deadline"]
+# rounds: every planned round ran; consensus: a round agreed (early_stop); settled: an adaptive
+# run's stop rule settled the vote; max_population: an adaptive vote grew to its limit unsettled.
+StopReason = Literal["rounds", "consensus", "settled", "max_population", "budget", "deadline"]
 FinalMode = Literal["aggregate", "majority", "direct"]
 NodeStatus = Literal["finished", "aborted", "failed"]
 
@@ -79,6 +81,8 @@ class RsaResult:
     trace: list[NodeRecord]
     failed: list[FailedTrace] = field(default_factory=list)  # traces lost to engine errors
     reasoning: str | None = None  # the final answer's thinking, where the reasoning parser found some
+    method: str = "rsa"  # the params' method: rsa, adaptive_vote or adaptive_rsa
+    samples: int = 0  # traces of the deciding round the final answer counted (adaptive: where it stopped)
 
     @property
     def degraded(self) -> bool:

@@ -15,6 +15,8 @@ Selection = Literal["aggregate", "majority", "auto"]
 AggregationPrompt = Literal["annotated", "bare", "compare"]
 Schedule = Literal["dataflow", "rounds"]
 FinalVote = Literal["last", "all"]
+Method = Literal["rsa", "adaptive_vote", "adaptive_rsa"]
+StopRule = Literal["posterior", "supermajority"]
 
 
 class RsaParamError(ValueError):
@@ -73,6 +75,25 @@ class RsaParams(BaseModel):
     seed: int | None = Field(None, ge=0, description="fixes subset draws and every trace's seed.")
     schedule: Schedule = "dataflow"
     early_stop: Literal["consensus"] | None = None
+    method: Method = Field(
+        "rsa",
+        description="rsa: the planned rounds; adaptive_vote: samples in waves, a vote that stops once "
+        "settled (stop_rule); adaptive_rsa: a round settled by stop_rule ends the run, one that is "
+        "not grows (up to max_population) and is aggregated.",
+    )
+    wave: int = Field(4, ge=1, description="adaptive: samples added per wave after the first (population).")
+    max_population: int | None = Field(
+        None, ge=1,
+        description="adaptive: the most samples the first round may grow to (default: population, no growth).",
+    )
+    stop_rule: StopRule = Field(
+        "posterior",
+        description="adaptive: posterior: P(the leader stays ahead of the runner-up) under a Beta posterior "
+        "of their counts; supermajority: the leader's share of the counted samples.",
+    )
+    stop_threshold: float = Field(
+        0.95, gt=0, le=1, description="adaptive: the stop rule's value at which the vote is settled."
+    )
     return_trace: bool = False
     ignore_eos: bool = Field(False, description="generate exactly max tokens (benchmarks).")
 
@@ -80,7 +101,25 @@ class RsaParams(BaseModel):
     def _k_within_population(self) -> RsaParams:
         if self.k > self.population:
             raise ValueError(f"k ({self.k}) must not exceed population ({self.population})")
+        if self.max_population is not None and self.max_population < self.population:
+            raise ValueError(
+                f"max_population ({self.max_population}) must not be below population ({self.population})"
+            )
         return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method != "rsa"
+
+    @property
+    def first_width(self) -> int:
+        """The most traces round 0 may hold: max_population for an adaptive run, else population."""
+        return (self.max_population or self.population) if self.adaptive else self.population
+
+    @property
+    def votes_only(self) -> bool:
+        """The final answer is a vote (no final engine call, so no budget reserve)."""
+        return self.selection == "majority" or self.method == "adaptive_vote"
 
     @property
     def final_tokens(self) -> int:
@@ -90,6 +129,7 @@ class RsaParams(BaseModel):
         """Raise :class:`RsaParamError` for the first value over an operator limit."""
         for name, value, limit in (
             ("population", self.population, limits.max_population),
+            ("max_population", self.max_population or 0, limits.max_population),
             ("rounds", self.rounds, limits.max_rounds),
             ("tail_tokens", self.tail_tokens, limits.max_tail_tokens),
             ("trace_max_tokens", self.trace_max_tokens, limits.max_trace_tokens),
@@ -98,7 +138,7 @@ class RsaParams(BaseModel):
             if value > limit:
                 raise RsaParamError(name, f"{name}={value} exceeds this server's limit of {limit}")
         if self.budget_tokens is not None:
-            reserve = self.final_tokens if self.selection != "majority" else 0
+            reserve = 0 if self.votes_only else self.final_tokens
             if self.budget_tokens < reserve + min(self.trace_max_tokens, self.tail_tokens):
                 raise RsaParamError(
                     "budget_tokens",

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.engine.config import EngineConfig
 from mrsa.rsa.params import RsaLimits, RsaParams
+from mrsa.service.presets import PresetEffort, load_presets, shipped_presets
 
 
 class AdmissionSettings(BaseModel):
@@ -30,16 +31,37 @@ class AdmissionSettings(BaseModel):
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 429.")
 
 
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-RsaEffort = Literal["low", "medium", "high", "xhigh"]
+class HttpSettings(BaseModel):
+    """Connections as ``mrsa serve``'s uvicorn holds them: how long a client may take, how many
+    it may keep open (service/connections.py)."""
+
+    request_read_timeout_s: float = Field(
+        15, gt=0, description="A request's headers and body must arrive within this many seconds "
+        "of the connection waiting for it (new, or kept alive after a response); else it is closed.",
+    )
+    keep_alive_s: int = Field(5, ge=1, description="An idle kept-alive connection is closed after this.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open client connections at most (lowered to fit the open-file "
+        "limit); one more closes the oldest connection still waiting for a request, or itself.",
+    )
+    max_header_bytes: int = Field(16384, ge=1024, description="A larger request line and headers get 400.")
+    backlog: int = Field(2048, ge=1, description="Connections the kernel queues before they are accepted.")
+
+
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "auto"]
+RsaEffort = PresetEffort
 
 # OpenAI's reasoning_effort as RSA work: each preset overrides these rsa fields of the server's
 # defaults ("medium" is the defaults themselves); "none" and "minimal" are plain generations.
+# "auto" spends samples only while the vote is open (adaptive voting: Adaptive-Consistency,
+# arXiv 2305.11860). These are the fallback: a preset file measured on the served model
+# (`presets`, or a built-in model's shipped file) replaces the efforts it names.
 EFFORT_PRESETS: dict[str, dict[str, Any]] = {
     "low": {"population": 2, "k": 2, "rounds": 2},
     "medium": {},
     "high": {"population": 8, "k": 2, "rounds": 3},
     "xhigh": {"population": 16, "k": 4, "rounds": 4},
+    "auto": {"method": "adaptive_vote", "population": 4, "wave": 4, "max_population": 16},
 }
 
 
@@ -61,7 +83,12 @@ class Settings(BaseSettings):
     )
     effort_presets: dict[RsaEffort, dict[str, Any]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in EFFORT_PRESETS.items()},
-        description="reasoning_effort low..xhigh as rsa fields over the server's rsa defaults.",
+        description="reasoning_effort low..xhigh, auto as rsa fields over the server's rsa defaults.",
+    )
+    presets: Path | None = Field(
+        None,
+        description="A preset file (JSON, as `mrsa calibrate` writes it) whose efforts replace "
+        "effort_presets'; unset: the served model's shipped file, if it has one.",
     )
     default_effort: Effort | None = Field(
         None, description="The reasoning_effort of a request that sends none (unset: plain unless rsa)."
@@ -69,6 +96,15 @@ class Settings(BaseSettings):
     limits: RsaLimits = RsaLimits()
     admission: AdmissionSettings = AdmissionSettings()
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413 unread.")
+    http: HttpSettings = HttpSettings()
+    shutdown_grace_s: float = Field(
+        10, ge=0, description="On SIGTERM/Ctrl-C every stream ends at once with a closing event and "
+        "requests not yet answered get 503; work still running this long after is cancelled.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins (scheme://host[:port]) besides the server's "
+        "own that may send POST/DELETE requests; '*' allows any. Others get 403.",
+    )
     api_keys: SecretStr | None = Field(
         None, description="Comma-separated API keys; set = every endpoint but /health needs one."
     )
@@ -92,11 +128,24 @@ class Settings(BaseSettings):
     def _server_defaults_are_sound(self) -> Settings:
         if self.rsa.seed is not None:
             raise ValueError("rsa.seed has no server default: a fixed seed would make every run the same")
+        if self.presets is not None:
+            self.effort_presets = {**self.effort_presets, **load_presets(self.presets).efforts}
         for effort, preset in self.effort_presets.items():
             if "seed" in preset:
                 raise ValueError(f"effort_presets.{effort}: a preset cannot fix the seed")
             RsaParams(**{**self.rsa.model_dump(), **preset})  # an unknown or bad field stops the start
         return self
+
+    def for_model(self, model: str) -> Settings:
+        """These settings for the served ``model``: with its shipped preset file's efforts when
+        no ``presets`` file was given and one is shipped for it (checked as a given file is)."""
+        shipped = shipped_presets(model) if self.presets is None else None
+        if shipped is None:
+            return self
+        efforts = {**self.effort_presets, **load_presets(shipped).efforts}
+        for preset in efforts.values():
+            RsaParams(**{**self.rsa.model_dump(), **preset})
+        return self.model_copy(update={"effort_presets": efforts})
 
     def rsa_object(self, rsa: dict | None, effort: str | None) -> dict | None:
         """The rsa object of a request: its own fields over the preset of its reasoning_effort

@@ -79,7 +79,7 @@ def test_a_bad_preset_stops_the_server_at_start() -> None:
 async def test_models_lists_the_efforts_it_runs_as_rsa() -> None:
     async with serving(FakeEngine()) as http:
         (card,) = (await http.get("/v1/models")).json()["data"]
-    assert card["reasoning_efforts"] == ["low", "medium", "high", "xhigh"]
+    assert card["reasoning_efforts"] == ["low", "medium", "high", "xhigh", "auto"]
 
 
 async def test_rsa_usage_reports_cached_prompt_tokens() -> None:
