@@ -5,6 +5,10 @@ deliberately conservative: a wrong "answer" pulled from a truncated trace would 
 agreement. We take the last ``\\boxed{...}`` (what every prompt of the run asks for), else an
 explicit "answer is X" / "Answer: X" line, else nothing. We never fall back to the last number
 of the text: traces cut by ``max_tokens`` end mid-calculation, and their last number is noise.
+For the same reason the last line of a cut trace is no answer line ("The final answer is" cut
+before its number, or "The answer is 1" cut from 12), and a line's answer is what follows its
+last "answer is" / "answer:" ("**Final answer**: The final answer is" says nothing yet).
+A tie in the vote goes to an answer a finished trace gave, before one only cut traces gave.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_LINE = re.compile(
-    r"\b(?:final\s+answer|answer)\b[*_\s]*(?:is\b|:)[*_\s:]*(?P<answer>.+)$", re.IGNORECASE
+    r"\b(?:final\s+answer|answer)\b[*_\s]*(?:is\b|:)[*_\s:]*(?P<answer>.*)$", re.IGNORECASE
 )
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
@@ -43,19 +47,33 @@ def _boxed_contents(text: str) -> list[str]:
     return found
 
 
-def extract_answer(text: str) -> str | None:
+def _line_answer(line: str) -> str | None:
+    """What follows the last "answer is" / "answer:" of ``line`` (None: nothing does)."""
+    answer = None
+    pos = 0
+    while (match := _ANSWER_LINE.search(line, pos)) is not None:
+        answer = match.group("answer")
+        pos = match.start("answer")
+    if answer is None:
+        return None
+    answer = answer.strip().strip("*_").strip().rstrip(".").strip()
+    return answer.strip("$").strip() or None
+
+
+def extract_answer(text: str, *, finished: bool = True) -> str | None:
     """The answer a trace commits to: the last non-empty boxed expression, else the last
-    explicit "answer is X" / "Answer: X" / "Final answer: X" line, else ``None``."""
+    explicit "answer is X" / "Answer: X" / "Final answer: X" line, else ``None``. A trace that
+    did not finish (cut at its ``max_tokens``) has no answer line in its last, cut line."""
     boxed = [b.strip() for b in _boxed_contents(text) if b.strip()]
     if boxed:
         return boxed[-1]
-    for line in reversed(text.splitlines()):
-        match = _ANSWER_LINE.search(line)
-        if match:
-            answer = match.group("answer").strip().strip("*_").strip().rstrip(".").strip()
-            answer = answer.strip("$").strip()
-            if answer:
-                return answer
+    lines = text.splitlines()
+    if not finished and lines:
+        lines = lines[:-1]
+    for line in reversed(lines):
+        answer = _line_answer(line)
+        if answer is not None:
+            return answer
     return None
 
 
@@ -91,21 +109,31 @@ def normalize_answer(answer: str) -> str:
     return s.lower()
 
 
-def majority_vote(answers: Iterable[str | None]) -> tuple[str | None, dict[str, int]]:
+def majority_vote(
+    answers: Iterable[str | None], finished: Iterable[bool] | None = None
+) -> tuple[str | None, dict[str, int]]:
     """The most common normalised answer and the counts of every normalised answer.
 
-    ``None`` (and answers that normalise to nothing) do not vote. Ties go to the answer that
-    occurred first, so the result depends only on the order of ``answers``, never on hashing.
+    ``None`` (and answers that normalise to nothing) do not vote. ``finished`` (one flag per
+    answer: its trace ended by itself rather than at its token limit) breaks ties in favour of
+    an answer some finished trace gave; remaining ties go to the answer that occurred first, so
+    the result depends only on the order of ``answers``, never on hashing.
     """
     counts: dict[str, int] = {}
+    by_finished: set[str] = set()
+    flags = iter(finished) if finished is not None else None
     for answer in answers:
+        done = next(flags, True) if flags is not None else True
         if answer is None:
             continue
         key = normalize_answer(answer)
         if key:
             counts[key] = counts.get(key, 0) + 1
+            if done:
+                by_finished.add(key)
     if not counts:
         return None, counts
     best = max(counts.values())
-    winner = next(key for key, count in counts.items() if count == best)
+    tied = [key for key, count in counts.items() if count == best]
+    winner = next((key for key in tied if key in by_finished), tied[0])
     return winner, counts

@@ -8,6 +8,10 @@ the deepest round's answer); ``aggregate`` asks the model once more over K membe
 at least two answers could be extracted (a vote of one says nothing), else aggregates. An empty
 pool (deadline before any trace finished) is answered directly from the plain prompt.
 
+An adaptive run whose stop rule settled a vote answers with that vote, over the traces it
+counted (:mod:`rsa.adaptive`); an adaptive vote that did not settle votes over every trace it
+finished; an adaptive RSA run that did not settle selects as RSA does.
+
 Where the engine has a reasoning parser, the answer's text is split as ``vllm serve`` splits a
 reasoning model's output: ``reasoning`` (its thinking) and ``content`` (the rest); the streamed
 :class:`~rsa.events.FinalDelta` pieces say which part they belong to.
@@ -53,14 +57,18 @@ def final_mode(selection: Selection, pool: Sequence[Node]) -> FinalMode:
     return selection
 
 
+def ended_by_itself(node: Node) -> bool:
+    """The trace stopped on its own, not at its token limit."""
+    return node.tail is not None and node.tail.finished
+
+
 def majority_pick(pool: Sequence[Node]) -> Node:
-    """The first pool member (by index) whose answer wins the vote; the first member when no
-    answer could be extracted."""
-    winner, _ = majority_vote(n.answer for n in pool)
-    for node in pool:
-        if winner is not None and node.answer is not None and normalize_answer(node.answer) == winner:
-            return node
-    return pool[0]
+    """The first pool member (by index) whose answer wins the vote (a tie goes to an answer a
+    finished trace gave), preferring a member that finished; the first member when no answer
+    could be extracted."""
+    winner, _ = majority_vote((n.answer for n in pool), (ended_by_itself(n) for n in pool))
+    holders = [n for n in pool if winner is not None and n.answer is not None and normalize_answer(n.answer) == winner]
+    return next((n for n in holders if ended_by_itself(n)), holders[0] if holders else pool[0])
 
 
 def split_answer(text: str, token_ids: Sequence[int], parser: ReasoningParser | None) -> tuple[str | None, str]:
@@ -96,18 +104,30 @@ class FinalAnswer:
         self.reasoning: str | None = None  # and split: its thinking, then its content
         self.content = ""
         self.finish_reason = "stop"
+        self.answer: str | None = None  # a vote's winning answer, as its trace gave it
 
     def decide(self) -> FinalCall | None:
         """Choose the final mode; answer a majority vote at once, else describe the call."""
         s = self.scheduler
-        rounds = s.rounds if s.consensus_round is None else [s.rounds[s.consensus_round]]
-        pool = final_pool(rounds, s.params.k)
-        self.mode = final_mode(s.params.selection, pool)
+        if s.decided is not None:
+            r, counted = s.decided
+            pool = [n for n in s.rounds[r][:counted] if n.finished]
+            self.mode = "majority" if pool else "direct"
+        elif s.params.method == "adaptive_vote":
+            pool = [n for n in s.opened(0) if n.finished]
+            self.mode = "majority" if pool else "direct"
+        else:
+            rounds = [s.opened(r) for r in range(len(s.rounds))]
+            if s.consensus_round is not None:
+                rounds = [rounds[s.consensus_round]]
+            pool = final_pool(rounds, s.params.k)
+            self.mode = final_mode(s.params.selection, pool)
         if self.mode == "majority":
             voters = pool
-            if s.params.final_vote == "all" and s.consensus_round is None:
+            if s.params.final_vote == "all" and s.consensus_round is None and not s.params.adaptive:
                 voters = [n for nodes in reversed(s.rounds) for n in nodes if n.finished]
             pick = majority_pick(voters)
+            self.answer = pick.answer
             self.parents = [n.index for n in pool]
             self._answer(pick.completion, s.engine.reasoning_parser(pick.prompt_ids or ()))
             self.finish_reason = "stop"
@@ -173,6 +193,6 @@ class FinalAnswer:
             finish_reason=self.finish_reason,
             status=status,  # type: ignore[arg-type]
             text=completion.text,
-            answer=extract_answer(completion.text),
+            answer=extract_answer(completion.text, finished=self.finish_reason != "length"),
             error=error,
         )

@@ -59,7 +59,8 @@ class RsaRun:
         self.clock = clock
         self.seed = params.seed if params.seed is not None else random.SystemRandom().randrange(2**31)
         self.context = check_context(self.tokenizer, engine.max_model_len, self.messages, params)
-        self.plan = Plan(params.population, params.k, params.rounds, self.seed)
+        rounds = 1 if params.method == "adaptive_vote" else params.rounds
+        self.plan = Plan(params.population, params.k, rounds, self.seed, first=params.first_width)
         self.scheduler = Scheduler(engine, self.messages, params, self.plan, run_id=run_id, clock=clock)
         self.budget = self.scheduler.budget
         self.final = FinalAnswer(self.scheduler)
@@ -136,7 +137,7 @@ class RsaRun:
         rounds = scheduler.rounds
         launched = [r for r, nodes in enumerate(rounds) if any(n.state is not NodeState.WAITING for n in nodes)]
         depth = max(launched) + 1 if launched else 0
-        answers = [[n.answer if n.finished else None for n in rounds[r]] for r in range(depth)]
+        answers = [[n.answer if n.finished else None for n in scheduler.opened(r)] for r in range(depth)]
         assert scheduler.stop_reason is not None
         return RsaResult(
             content=final.content,
@@ -148,10 +149,13 @@ class RsaRun:
             seed=self.seed,
             usage=usage_of(trace),
             answers=answers,
-            answer=extract_answer(final.text),
+            answer=final.answer if final.mode == "majority" else extract_answer(
+                final.text, finished=final.finish_reason != "length"),
             trace=trace,
             failed=failed_traces(scheduler.nodes()),
             reasoning=final.reasoning,
+            method=self.params.method,
+            samples=scheduler.counted[0] if self.params.adaptive else self.params.population,
         )
 
 

@@ -63,5 +63,5 @@ def take_tail(
     else:
         ids = list(token_ids)
     kept = ids[-tau:]
-    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau, answer=extract_answer(text),
+    return Tail(text=tokenizer.decode(kept), num_tokens=len(kept), cut=len(ids) > tau, answer=extract_answer(text, finished=finished),
                 finished=finished)
