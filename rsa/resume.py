@@ -23,7 +23,8 @@ def restore(scheduler: Scheduler, records: Sequence[NodeRecord]) -> None:
     The plan (parents and seeds) is drawn from the seed alone, so the same seed and parameters
     rebuild the same graph; each checkpoint brings back a node's tail, answer, token counts and
     effective parents. Their tokens count against the budget and in usage, rounds they complete
-    count as completed (consensus included), and no event is emitted for them: the earlier
+    count as completed (consensus included; an adaptive run's waves and stop rule replay in
+index order, so it settles where the uninterrupted run did), and no event is emitted for them: the earlier
     process reported them already. Aborted traces and the final call are not restored: they are
     redone. Resuming with the nodes reported by :class:`NodeFinished` events therefore redoes at
     most the nodes in flight."""
@@ -31,7 +32,7 @@ def restore(scheduler: Scheduler, records: Sequence[NodeRecord]) -> None:
     for record in records:
         if record.kind != "trace" or record.status == "aborted":
             continue
-        if not (0 <= record.round < params.rounds and 0 <= record.index < params.population):
+        if not (0 <= record.round < len(scheduler.rounds) and 0 <= record.index < len(scheduler.rounds[record.round])):
             raise ValueError(f"checkpoint of node ({record.round}, {record.index}) is outside the plan")
         node = scheduler.rounds[record.round][record.index]
         if node.state is not NodeState.WAITING:
@@ -40,6 +41,9 @@ def restore(scheduler: Scheduler, records: Sequence[NodeRecord]) -> None:
         scheduler.budget.generated += record.completion_tokens
         if node.failed:
             scheduler.errors[node.round] = EngineError(node.error or "failed before a restart")
-    for r in range(params.rounds):
-        scheduler.check_round(r)
+    for r in range(len(scheduler.rounds)):
+        if params.adaptive:
+            scheduler.advance(r)  # counts in index order: decides as the earlier process did
+        else:
+            scheduler.check_round(r)
     scheduler.events.clear()  # the earlier process reported these rounds

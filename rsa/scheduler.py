@@ -13,6 +13,15 @@ Evolution ends when nothing is running (all rounds done, or the budget cannot fu
 ready), at the deadline, or on consensus. Each node streams in its own task, so traces progress
 while the consumer handles the events the scheduler queues.
 
+An adaptive run (``method`` adaptive_vote or adaptive_rsa, :mod:`rsa.adaptive`) opens a round's
+nodes in waves: the first ``population``, then ``wave`` more each time every open one has
+ended, up to the round's width (round 0: ``max_population``). It counts the round's ended nodes
+in index order and asks its stop rule after each: a settled vote ends evolution at once
+(``settled``: whatever is in flight is aborted) and the run answers with that vote; a round
+that grew to its width unsettled is aggregated by the next round (adaptive_rsa) or ends the
+run (``max_population``; the last round of adaptive_rsa: ``rounds``). A later round of
+adaptive_rsa launches only once the round before it is known to need aggregating.
+
 A failed trace is replaced by a survivor of its round (:mod:`rsa.substitution`). As soon as a
 round can no longer keep K survivors (N - failed < K; with K = 1: all failed), every request in
 flight is aborted and :class:`~rsa.events.RunFailed` is raised with the failing error as its
@@ -27,7 +36,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 from mrsa.engine.base import Engine, EngineError, SamplingParams
-from mrsa.rsa.answers import extract_answer, normalize_answer
+from mrsa.rsa.adaptive import settled
+from mrsa.rsa.answers import normalize_answer
 from mrsa.rsa.budget import TokenBudget
 from mrsa.rsa.events import NodeFinished, NodeStarted, RoundCompleted, RsaEvent, StopReason
 from mrsa.rsa.node import Node, NodeState, stream_request
@@ -73,11 +83,17 @@ class Scheduler:
         self.rounds = [
             [
                 Node(r, i, list(plan.parents(r, i)), plan.node_seed(r, i), f"{run_id}-r{r}-i{i}")
-                for i in range(params.population)
+                for i in range(plan.width(r))
             ]
-            for r in range(params.rounds)
+            for r in range(plan.rounds)
         ]
-        reserve = 0 if params.selection == "majority" else params.final_tokens
+        # nodes open to launch per round (all but an adaptive round's later waves), and how many
+        # of them an adaptive run has counted, in index order
+        self.open = [params.population] * plan.rounds
+        self.counted = [0] * plan.rounds
+        self.decided: tuple[int, int] | None = None  # (round, traces counted) where a vote settled
+        self.aggregating: set[int] = set()  # adaptive rounds that grew unsettled: the next aggregates
+        reserve = 0 if params.votes_only else params.final_tokens
         self.budget = TokenBudget(params.budget_tokens, reserve)
         self.plain_ids = self.tokenizer.apply_chat_template(messages)
         self.events: deque[RsaEvent] = deque()
@@ -100,6 +116,15 @@ class Scheduler:
     def running(self) -> list[Node]:
         return [n for n in self.nodes() if n.running]
 
+    def opened(self, r: int) -> list[Node]:
+        """The nodes of round ``r`` open to launch (an adaptive round's waves so far)."""
+        return self.rounds[r][: self.open[r]]
+
+    @property
+    def survivors_needed(self) -> int:
+        """Ended traces a round must keep: K to aggregate; one for a vote."""
+        return 1 if self.params.method == "adaptive_vote" else self.params.k
+
     def time_left(self) -> float | None:
         if self.params.deadline_s is None:
             return None
@@ -108,8 +133,12 @@ class Scheduler:
     # ------------------------------------------------------------------------ launching
 
     def _ready(self, node: Node) -> bool:
+        if node.index >= self.open[node.round]:
+            return False
         if node.round == 0:
             return True
+        if self.params.adaptive and node.round - 1 not in self.aggregating:
+            return False
         previous = self.rounds[node.round - 1]
         if self.params.schedule == "rounds" and not all(p.finished or p.failed for p in previous):
             return False
@@ -188,8 +217,8 @@ class Scheduler:
         for node in sorted((running[t] for t in done), key=lambda n: n.key):
             self.settle(node)
         await self._check_survivors()
-        if self.stop_reason == "consensus":
-            await self.halt("consensus")
+        if self.stop_reason in ("consensus", "settled"):
+            await self.halt(self.stop_reason)
             return False
         self.launch_ready()
         return True
@@ -228,19 +257,23 @@ class Scheduler:
                 elapsed_s=self.clock() - self.t0,
             )
         )
-        if node.finished or node.failed:
+        if self.params.adaptive:
+            self.advance(node.round)
+        elif node.finished or node.failed:
             self.check_round(node.round)
 
     async def _check_survivors(self) -> None:
         """Fail the run once a round can no longer keep K survivors (see the module docstring):
         abort everything in flight, then raise :class:`RunFailed` with what was spent."""
-        for r, nodes in enumerate(self.rounds):
+        for r in range(len(self.rounds)):
+            nodes = self.opened(r)
             failed = sum(n.failed for n in nodes)
-            if failed and len(nodes) - failed < self.params.k:
+            if failed and len(nodes) - failed < self.survivors_needed:
+                needed = f"k={self.params.k}" if self.survivors_needed > 1 else "one"
                 await self.halt_running()
                 raise run_failed(
                     f"{failed} of {len(nodes)} traces of round {r} failed, leaving "
-                    f"{len(nodes) - failed} (fewer than k={self.params.k}); last error: {self.errors[r]}",
+                    f"{len(nodes) - failed} (fewer than {needed}); last error: {self.errors[r]}",
                     self.errors[r],
                     list(self.nodes()),
                     None,  # evolution is not over: no final call yet
@@ -270,6 +303,41 @@ class Scheduler:
         ):
             self.stop_reason = "consensus"
             self.consensus_round = r
+
+    def advance(self, r: int) -> None:
+        """Count round ``r``'s ended nodes in index order (an adaptive run), asking the stop rule
+        after each once the first wave is in; open the next wave when every open node has ended
+        unsettled; mark the round for aggregation (or end the run) when it is full unsettled."""
+        params, nodes = self.params, self.rounds[r]
+        if self.decided is not None or r in self.completed or self.stop_reason is not None:
+            return
+        minimum = min(params.population, len(nodes))
+        while True:
+            while self.counted[r] < self.open[r] and nodes[self.counted[r]].settled:
+                self.counted[r] += 1
+                counted = nodes[: self.counted[r]]
+                answers = [n.answer if n.finished else None for n in counted]
+                if self.counted[r] >= minimum and settled(answers, params.stop_rule, params.stop_threshold):
+                    self.decided = (r, self.counted[r])
+                    self.completed.add(r)
+                    self.events.append(RoundCompleted(r, answers))
+                    if self.stop_reason is None:
+                        self.stop_reason = "settled"
+                    return
+            if self.counted[r] < self.open[r]:
+                return  # an open node is still running (or waiting for budget)
+            if self.open[r] < len(nodes):
+                self.open[r] = min(len(nodes), self.open[r] + params.wave)
+                continue  # restored checkpoints may already hold the next wave
+            if len(nodes) - sum(n.failed for n in nodes) < self.survivors_needed:
+                return  # a lost round: _check_survivors fails the run
+            self.completed.add(r)
+            self.events.append(RoundCompleted(r, [n.answer if n.finished else None for n in nodes]))
+            if r < len(self.rounds) - 1:
+                self.aggregating.add(r)
+            elif r == 0 and self.stop_reason is None:
+                self.stop_reason = "max_population"
+            return
 
     # ------------------------------------------------------------------------ stopping
 
