@@ -54,8 +54,6 @@ def settings_from(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from mrsa.service import logs
     from mrsa.service.app import create_app
 
@@ -63,10 +61,56 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.store_path is None:
         settings = settings.model_copy(update={"store_path": settings.default_store_path()})
     logs.setup(settings.log_level, settings.log_format)
-    app = create_app(settings)
-    # log_config=None: uvicorn's loggers propagate to the JSON handler set up above.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None)
+    serve_app(create_app(settings), settings)
     return 0
+
+
+def serve_app(app: Any, settings: Any) -> None:
+    """Serve ``app`` as ``mrsa serve`` does (tests serve the fake engine's app through it too):
+    uvicorn with the connection guard of service/connections.py, and a stop that ends open
+    requests at once (service/shutdown.py) and exits within ``shutdown_grace_s`` plus the
+    engine's own shutdown."""
+    import threading
+
+    import uvicorn
+
+    from mrsa.service.connections import fitting_connections, guarded_protocol
+
+    http = settings.http
+    max_connections = fitting_connections(http.max_connections)
+    if max_connections < http.max_connections:
+        logging.getLogger("mrsa.serve").info(
+            "max_connections lowered to %d to fit the open-file limit", max_connections)
+    drain = app.state.drain
+    grace = settings.shutdown_grace_s
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if not drain.started:
+                drain.begin()
+                # Last resort: a stop that hangs (an engine that does not shut down) still exits;
+                # the engine's processes die with this one (engine/lifetime.py).
+                backstop = threading.Timer(grace + 60, _exit_now, args=(grace + 60,))
+                backstop.daemon = True
+                backstop.start()
+
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler of mrsa.service.logs
+        http=guarded_protocol(http.request_read_timeout_s, max_connections),
+        timeout_keep_alive=http.keep_alive_s,
+        h11_max_incomplete_event_size=http.max_header_bytes,
+        backlog=http.backlog,
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]  # a float works (asyncio.timeout)
+    )
+    Server(config).run()
+
+
+def _exit_now(after_s: float) -> None:
+    logging.getLogger("mrsa.serve").error("shutdown still running after %gs; exiting", after_s)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _provision(args: argparse.Namespace) -> int:

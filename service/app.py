@@ -25,6 +25,7 @@ from mrsa.service.logs import RequestIdMiddleware
 from mrsa.service.routes import router
 from mrsa.service.runs import RunManager
 from mrsa.service.settings import Settings
+from mrsa.service.shutdown import Drain, ShutdownMiddleware
 from mrsa.service.trace_view import router as trace_router
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app = FastAPI(title="markovian-rsa", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.started = int(time.time())
+    app.state.drain = Drain()  # begun when the server stops: open requests end at once
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(trace_router)
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keys = load_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_key_file)
     app.add_middleware(ApiKeyMiddleware, keys=keys)  # outermost: 401 before the body is read
+    app.add_middleware(ShutdownMiddleware, drain=app.state.drain)
     if keys:
         log.info("API keys required (%d configured)", len(keys))
     # Outermost: every response (401 and 413 included) is counted and carries a request id.

@@ -23,7 +23,7 @@ from mrsa.service import metrics
 from mrsa.service.admission import Ticket
 from mrsa.service.context import admit, engine_error
 from mrsa.service.errors import APIError
-from mrsa.service.streaming import DONE, EventStream, sse_error
+from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, sse_error
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def forward(request: Request, call: Call, *, admitted: bool = True) -> Res
         if result.status == 200:
             _count(result.body)
         return JSONResponse(enveloped(result.status, result.body), status_code=result.status)
-    return EventStream(_relay(result.stream), ticket)
+    return EventStream(_relay(result.stream), ticket, closing=CHAT_SHUTDOWN)
 
 
 async def _started(ticket: Ticket | None, call: Call) -> OpenAIResult:

@@ -19,7 +19,7 @@ from mrsa.service.admission import Ticket
 from mrsa.service.errors import APIError, from_validation_error
 from mrsa.service.context import admit, engine_error, runs_of, settings_of
 from mrsa.service.settings import Settings
-from mrsa.service.streaming import DONE, EventStream, sse, sse_error
+from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, sse, sse_error
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 from mrsa.service.wire import (
     ChatCompletionRequest,
@@ -90,7 +90,7 @@ async def complete(body: ChatCompletionRequest, request: Request, engine: Engine
     metrics.RSA_RUNS.inc()
     observer = metrics.RunObserver()
     if body.stream:
-        return EventStream(_stream(run, body, chunks, ticket, observer), ticket)
+        return EventStream(_stream(run, body, chunks, ticket, observer), ticket, closing=CHAT_SHUTDOWN)
     with ticket:
         try:
             result = await until_disconnect(request, _drain(run, ticket, observer))
