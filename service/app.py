@@ -20,6 +20,7 @@ from mrsa.service import metrics
 from mrsa.service.admission import Admission
 from mrsa.service.auth import ApiKeyMiddleware, load_keys
 from mrsa.service.body_limit import BodyLimitMiddleware
+from mrsa.service.cross_site import CrossSiteMiddleware
 from mrsa.service.errors import install_error_handlers
 from mrsa.service.logs import RequestIdMiddleware
 from mrsa.service.routes import router
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(trace_router)
     app.include_router(metrics.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CrossSiteMiddleware, allowed_origins=settings.allowed_origins)  # before the body is read
     keys = load_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_key_file)
     app.add_middleware(ApiKeyMiddleware, keys=keys)  # outermost: 401 before the body is read
     app.add_middleware(ShutdownMiddleware, drain=app.state.drain)
