@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Selection = Literal["aggregate", "majority", "auto"]
 AggregationPrompt = Literal["annotated", "bare", "compare"]
@@ -101,11 +101,15 @@ class RsaParams(BaseModel):
     def _k_within_population(self) -> RsaParams:
         if self.k > self.population:
             raise ValueError(f"k ({self.k}) must not exceed population ({self.population})")
-        if self.max_population is not None and self.max_population < self.population:
-            raise ValueError(
-                f"max_population ({self.max_population}) must not be below population ({self.population})"
-            )
         return self
+
+    @field_validator("max_population")
+    @classmethod
+    def _grows_from_population(cls, value: int | None, info: ValidationInfo) -> int | None:
+        population = info.data.get("population")
+        if value is not None and isinstance(population, int) and value < population:
+            raise ValueError(f"max_population ({value}) must not be below population ({population})")
+        return value
 
     @property
     def adaptive(self) -> bool:

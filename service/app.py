@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
             await runs.close()
             raise
         app.state.engine = engine
+        app.state.settings = settings.for_model(engine.model_name)  # its shipped presets, if any
         metrics.track_in_flight(engine.num_in_flight)
         log.info("serving %s (max_model_len %d)", engine.model_name, engine.max_model_len)
         for pool in (app.state.plain_admission, runs.admission):  # scraped, never stale

@@ -86,7 +86,7 @@ async def complete(body: ChatCompletionRequest, request: Request, engine: Engine
     ticket = admit(runs_of(request).admission)
     logs.bind_run(chunks.id)
     log.info("rsa run started", extra={"seed": run.seed, "population": params.population, "k": params.k,
-                                       "rounds": params.rounds})
+                                       "rounds": params.rounds, "method": params.method})
     metrics.RSA_RUNS.inc()
     observer = metrics.RunObserver()
     if body.stream:
@@ -134,7 +134,7 @@ async def _stream(
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
     yield sse(chunks.progress({
         "event": "run_started", "seed": run.seed, "population": params.population, "k": params.k,
-        "rounds": params.rounds,
+        "rounds": params.rounds, "method": params.method,
     }))
     await ticket.wait()
     started = ended = False
@@ -187,7 +187,7 @@ def _log_completed(result: RsaResult) -> None:
     log.info(
         "rsa run completed",
         extra={
-            "stop_reason": result.stop_reason, "rounds_completed": result.rounds_completed,
+            "stop_reason": result.stop_reason, "method": result.method, "rounds_completed": result.rounds_completed,
             "calls": result.calls, "completion_tokens": result.usage.completion_tokens,
             "answer": result.answer,
         },

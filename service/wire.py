@@ -159,8 +159,10 @@ class RsaSummary(BaseModel):
     seed: int
     rounds_completed: int
     calls: int
-    stop_reason: str
+    stop_reason: str = Field(description="rounds, consensus, settled, max_population, budget or deadline.")
     final_mode: str
+    method: str = Field("rsa", description="rsa, adaptive_vote or adaptive_rsa: the method that ran.")
+    samples: int = Field(0, description="first-round traces the run counted (adaptive: where its vote stopped).")
     answer: str | None
     answers: list[list[str | None]]
     degraded: bool
@@ -305,6 +307,8 @@ def rsa_summary(result: RsaResult, with_trace: bool) -> RsaSummary:
         calls=result.calls,
         stop_reason=result.stop_reason,
         final_mode=result.final_mode,
+        method=result.method,
+        samples=result.samples,
         answer=result.answer,
         answers=result.answers,
         degraded=result.degraded,
@@ -335,6 +339,15 @@ def rsa_completion(
         usage=usage_info(result.usage),
         rsa=rsa_summary(result, with_trace),
     )
+
+
+def planned_nodes(params: dict[str, Any]) -> tuple[int, int]:
+    """(traces, rounds) a run of these rsa fields may launch at most: an adaptive run's first
+    round may grow to max_population, and an adaptive vote has that round only."""
+    method, population = params.get("method", "rsa"), params["population"]
+    first = (params.get("max_population") or population) if method != "rsa" else population
+    rounds = 1 if method == "adaptive_vote" else params["rounds"]
+    return first + population * (rounds - 1), rounds
 
 
 def summary_event(result: RsaResult, with_trace: bool) -> dict[str, Any]:

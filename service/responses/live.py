@@ -30,7 +30,7 @@ from mrsa.service.responses.stored import answer_of, record
 from mrsa.service.responses.wire import THINK_CLOSE, THINK_OPEN, ResponseObject, response_object
 from mrsa.service.streaming import EventStream
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
-from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, usage_info
+from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, summary_event, usage_info
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[s
                 elif isinstance(event, RunCompleted):
                     ended = True
                     completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)
+                    yield summary_event(event.result, False)  # which method ran, why it stopped
                     text, status = answer_of(completion, plain=False)
                     yield Answer(text, status, completion.usage)
                 elif isinstance(event, NodeStarted):

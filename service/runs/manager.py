@@ -47,6 +47,7 @@ from mrsa.service.wire import (
     now,
     progress_event,
     rsa_completion,
+    planned_nodes,
     summary_event,
     usage_info,
 )
@@ -144,7 +145,7 @@ class RunManager:
         }
         started = {
             "event": "run_started", "seed": run.seed, "population": run.params.population,
-            "k": run.params.k, "rounds": run.params.rounds,
+            "k": run.params.k, "rounds": run.params.rounds, "method": run.params.method,
         }
         await store.create(run_id, owner, spec, started)
         self._spawn(run_id, spec, ticket, run=run, attempt=1)
@@ -206,8 +207,8 @@ class RunManager:
             seed=params["seed"],
             progress=RunProgress(
                 nodes_finished=progress.nodes,
-                nodes_total=params["population"] * params["rounds"],
-                rounds=params["rounds"],
+                nodes_total=planned_nodes(params)[0],
+                rounds=planned_nodes(params)[1],
                 attempts=stored.attempts,
             ),
             usage=usage,
