@@ -26,7 +26,7 @@ from mrsa.service.context import engine_error, owner_of, runs_of
 from mrsa.service.errors import APIError
 from mrsa.service.responses.events import EventSequence, TextItems
 from mrsa.service.responses.prepare import Prepared
-from mrsa.service.responses.stored import answer_of, record
+from mrsa.service.responses.stored import answer_of, record, summary_of
 from mrsa.service.responses.wire import THINK_CLOSE, THINK_OPEN, ResponseObject, response_object
 from mrsa.service.streaming import EventStream
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
@@ -40,6 +40,7 @@ class Answer:
     text: str
     status: str  # completed | incomplete
     usage: UsageInfo
+    rsa: dict | None = None  # the run's summary (method, stop_reason...): None for a plain response
 
 
 def sse_event(event: dict) -> str:
@@ -98,7 +99,7 @@ async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[s
                     completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)
                     yield summary_event(event.result, False)  # which method ran, why it stopped
                     text, status = answer_of(completion, plain=False)
-                    yield Answer(text, status, completion.usage)
+                    yield Answer(text, status, completion.usage, summary_of(completion))
                 elif isinstance(event, NodeStarted):
                     yield started_event(event)
                 elif (progress := progress_event(event)) is not None:
@@ -142,7 +143,8 @@ async def respond(prep: Prepared, request: Request, ticket: Ticket, stream: bool
             return Response(status_code=CLIENT_CLOSED)
         except (RunFailed, EngineError) as exc:
             return engine_error(exc).response()
-    response = _object(prep, created, answer.status, text=answer.text, usage=answer.usage, completed_at=now())
+    response = _object(prep, created, answer.status, text=answer.text, usage=answer.usage, completed_at=now(),
+                       rsa=answer.rsa)
     await _keep(request, prep, created, response)
     return JSONResponse(response.model_dump())
 
@@ -174,7 +176,7 @@ async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int
                     for event in items.finish(item.status):
                         yield sse_event(event)
                     response = _object(prep, created, item.status, text=items.text, usage=item.usage,
-                                       completed_at=now())
+                                       completed_at=now(), rsa=item.rsa)
                     await _keep(request, prep, created, response)
                     kind = "response.incomplete" if item.status == "incomplete" else "response.completed"
                     yield sse_event(seq.lifecycle(kind, response))

@@ -34,6 +34,11 @@ def answer_of(completion: ChatCompletion, plain: bool) -> tuple[str, str]:
     return join_reasoning(message.reasoning, message.content), "incomplete" if reason == "length" else "completed"
 
 
+def summary_of(completion: ChatCompletion) -> dict[str, Any] | None:
+    """The run summary a response object carries as ``rsa`` (which method ran, why it stopped)."""
+    return None if completion.rsa is None else completion.rsa.model_dump(exclude={"trace"})
+
+
 def record(prep_model: str, created_at: int, echo: dict[str, Any], conversation: list[dict[str, str]],
            response: ResponseObject | None) -> dict[str, Any]:
     """What the store keeps of a response (``response`` None: read it from its run)."""
@@ -45,14 +50,16 @@ async def background_object(runs: RunManager, stored: StoredRun, data: dict[str,
                             status: str | None = None) -> ResponseObject:
     """The response of a background run as it stands (or, with ``status``, as it stood)."""
     run = await runs.run_object(stored)
-    text = None
+    text, summary = None, None
     shown = status or RUN_STATUS[stored.status]
     if status is None and run.result is not None:
         text, shown = answer_of(run.result, plain=not data["echo"].get("rsa"))
+        summary = summary_of(run.result) if data["echo"].get("rsa") else None
     terminal = shown in ("completed", "incomplete", "failed", "cancelled")
     return response_object(
         stored.id, data["created_at"], data["model"], data["echo"], shown, text=text,
         usage=run.usage if terminal else None, error=run.error, completed_at=int(stored.updated) if terminal else None,
+        rsa=summary,
     )
 
 

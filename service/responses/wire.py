@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_serializer
 
 from mrsa.rsa.tails import THINK_CLOSE, THINK_OPEN
 from mrsa.service.errors import APIError
@@ -229,6 +229,16 @@ class ResponseObject(BaseModel):
     text: dict[str, Any] = Field(default_factory=lambda: {"format": {"type": "text"}})
     truncation: Literal["disabled"] = "disabled"
     usage: ResponseUsage | None = None
+    rsa: dict[str, Any] | None = Field(
+        None, description="An RSA response's run summary (method, stop_reason, answers...), as chat's rsa block."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_rsa(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("rsa") is None:
+            data.pop("rsa", None)
+        return data
 
 
 def response_id() -> str:
@@ -290,7 +300,7 @@ def response_usage(usage: UsageInfo | dict, plain: bool) -> ResponseUsage:
 def response_object(
     resp_id: str, created_at: int, model: str, echo: dict[str, Any], status: str, *,
     text: str | None = None, usage: UsageInfo | dict | None = None, error: ErrorBody | dict | None = None,
-    completed_at: int | None = None,
+    completed_at: int | None = None, rsa: dict[str, Any] | None = None,
 ) -> ResponseObject:
     """The response object: ``text`` (the run's answer) once it has one; ``status`` as the
     run's (``incomplete`` when the answer hit ``max_output_tokens``)."""
@@ -319,5 +329,6 @@ def response_object(
         background=bool(echo.get("background")),
         store=echo.get("store", True),
         usage=None if usage is None else response_usage(usage, plain=not echo.get("rsa")),
+        rsa=rsa if echo.get("rsa") else None,
     )
 

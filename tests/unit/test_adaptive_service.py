@@ -3,6 +3,7 @@ method ran and why it stopped; Responses streams say it too; preset files map re
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -119,3 +120,21 @@ async def test_the_served_models_shipped_presets_apply_unless_a_file_is_given(
         assert (await _block(http, "low"))["method"] == "rsa"
     async with serving(FakeEngine(answer="42", model_name="another-model")) as http:
         assert (await _block(http, "low"))["method"] == "rsa"
+
+
+@pytest.mark.parametrize("background", [False, True])
+async def test_a_response_object_carries_the_run_summary(background: bool) -> None:
+    async with serving(FakeEngine(answer="42")) as http:
+        body = {"model": "fake-model", "input": "What is 6 * 7?", "rsa": VOTE, "background": background}
+        response = (await http.post("/v1/responses", json=body)).json()
+        for _ in range(2000):
+            if response["status"] == "completed":
+                break
+            await asyncio.sleep(0.005)
+            response = (await http.get(f"/v1/responses/{response['id']}")).json()
+        stored = (await http.get(f"/v1/responses/{response['id']}")).json()
+        plain = (await http.post("/v1/responses", json={"model": "fake-model", "input": "Hi"})).json()
+    for r in (response, stored):
+        assert (r["rsa"]["method"], r["rsa"]["stop_reason"], r["rsa"]["samples"]) == ("adaptive_vote", "settled", 4)
+        assert "trace" not in r["rsa"]
+    assert "rsa" not in plain
