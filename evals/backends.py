@@ -37,7 +37,7 @@ def _rsa_body(params: RsaParams) -> dict:
         # always explicit, so the server's defaults cannot change the configuration
         k: getattr(params, k)
         for k in ("population", "k", "rounds", "tail_tokens", "trace_max_tokens", "selection", "temperature",
-                  "aggregation_prompt")
+                  "aggregation_prompt", "method")
     }
 
 
@@ -116,7 +116,7 @@ def progress_dict(event: object) -> dict | None:
             r = event.result
             return {
                 "event": "run_completed", "answer": r.answer, "stop_reason": r.stop_reason,
-                "rounds_completed": r.rounds_completed, "seed": r.seed,
+                "rounds_completed": r.rounds_completed, "seed": r.seed, "method": r.method, "samples": r.samples,
                 "usage": {
                     "prompt_tokens": r.usage.prompt_tokens,
                     "completion_tokens": r.usage.completion_tokens,
@@ -134,7 +134,8 @@ class EngineBackend:
         self.keep_traces = keep_traces
 
     async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
-        yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds}
+        yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds,
+               "method": params.method}
         async with aclosing(RsaRun(self.engine, messages, params, run_id=run_id).events()) as events:
             async for event in events:
                 if (d := progress_dict(event)) is not None:

@@ -138,3 +138,12 @@ async def test_a_response_object_carries_the_run_summary(background: bool) -> No
         assert (r["rsa"]["method"], r["rsa"]["stop_reason"], r["rsa"]["samples"]) == ("adaptive_vote", "settled", 4)
         assert "trace" not in r["rsa"]
     assert "rsa" not in plain
+
+
+async def test_the_evaluations_engine_backend_reports_method_and_samples_too() -> None:
+    from mrsa.evals.backends import EngineBackend
+    from mrsa.rsa import RsaParams
+
+    events = [e async for e in EngineBackend(FakeEngine(answer="42")).run(QUESTION, RsaParams(**VOTE), "run")]
+    assert events[0]["method"] == "adaptive_vote"
+    assert (events[-1]["method"], events[-1]["stop_reason"], events[-1]["samples"]) == ("adaptive_vote", "settled", 4)
