@@ -109,14 +109,18 @@ def test_every_documented_eval_command_fits_its_context(argv: list[str], serve: 
 def test_the_effort_table_shows_the_presets() -> None:
     from mrsa.service.settings import EFFORT_PRESETS
 
+    planned = {effort: preset for effort, preset in EFFORT_PRESETS.items() if preset.get("method", "rsa") == "rsa"}
     rows = {
         cells[0].strip("`"): tuple(int(c) for c in cells[1:4])
-        for cells in _table("### `reasoning_effort`") if cells[0].strip("`") in EFFORT_PRESETS
+        for cells in _table("### `reasoning_effort`") if cells[0].strip("`") in planned
     }
     defaults = RsaParams()
-    for effort, preset in EFFORT_PRESETS.items():
+    for effort, preset in planned.items():
         params = defaults.model_copy(update=preset)
         assert rows[effort] == (params.population, params.k, params.rounds), effort
+    section = README.split("### `reasoning_effort`", 1)[1].split("\n## ", 1)[0]
+    for effort in EFFORT_PRESETS.keys() - planned.keys():  # adaptive: no fixed N, K, T
+        assert f"`{effort}`" in section, effort
 
 
 def test_the_flag_table_names_the_shortcuts_and_their_settings() -> None:
