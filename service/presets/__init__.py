@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PresetEffort = Literal["low", "medium", "high", "xhigh", "auto"]
 SHIPPED = Path(__file__).parent
@@ -53,8 +53,12 @@ class PresetFile(BaseModel):
 
 
 def load_presets(path: Path) -> PresetFile:
-    """The preset file at ``path``; raises ValueError (pydantic's, or a JSON error) if it is not one."""
-    return PresetFile.model_validate_json(Path(path).expanduser().read_text())
+    """The preset file at ``path``; a ValueError naming it if it cannot be read or is not one."""
+    path = Path(path).expanduser()
+    try:
+        return PresetFile.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as exc:
+        raise ValueError(f"preset file {path}: {exc}") from None
 
 
 def shipped_presets(model: str) -> Path | None:

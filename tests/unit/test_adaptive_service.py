@@ -147,3 +147,12 @@ async def test_the_evaluations_engine_backend_reports_method_and_samples_too() -
     events = [e async for e in EngineBackend(FakeEngine(answer="42")).run(QUESTION, RsaParams(**VOTE), "run")]
     assert events[0]["method"] == "adaptive_vote"
     assert (events[-1]["method"], events[-1]["stop_reason"], events[-1]["samples"]) == ("adaptive_vote", "settled", 4)
+
+
+def test_a_missing_or_malformed_preset_file_is_a_settings_error_naming_it(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    for path in (tmp_path / "absent.json", tmp_path / "bad.json"):
+        (tmp_path / "bad.json").write_text("{not json")
+        with pytest.raises(ValidationError, match=str(path.name)):
+            Settings(presets=path)
