@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from mrsa.engine import lifetime
 from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
 from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
 from mrsa.engine.openai_layer import VllmOpenAI
@@ -111,8 +112,11 @@ class LocalEngine(AsyncCloseable):
             reasoning_parser=config.reasoning_parser or "",
             **scheduling,
         )
+        lifetime.end_leftovers(cache_dir)  # a crashed server's engine must not stay beside this one
         log.info("starting vLLM engine for %s", model)
         self._llm = AsyncLLM.from_engine_args(args)
+        self._cache_dir = cache_dir
+        lifetime.record(cache_dir)  # the next start ends these processes if this server is killed
         self.max_model_len: int = self._llm.model_config.max_model_len
         self.tokenizer = HFTokenizer(model)
         self.reasoning_parser = reasoning_parsers(config.reasoning_parser, self.tokenizer)
@@ -168,6 +172,7 @@ class LocalEngine(AsyncCloseable):
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+            lifetime.forget(self._cache_dir)
 
 
 def _finish_reason(reason: str | None) -> str:
