@@ -286,6 +286,7 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
     }
     assert "/health" in " ".join(rsa["healthcheck"]["test"])
     assert [p["target"] for p in rsa["ports"]] == [8000]
+    assert [p.get("host_ip") for p in rsa["ports"]] == ["127.0.0.1"]  # loopback unless BIND says otherwise
     assert "deploy" not in rsa  # no GPU for the RSA server itself
 
 
