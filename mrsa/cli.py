@@ -188,6 +188,41 @@ def _eval(args: argparse.Namespace) -> int:
         return 130
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    import signal
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mrsa.evals.calibrate import main as calibrate_main
+    from mrsa.service.presets import load_presets
+    from mrsa.service.settings import Settings
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as _eval: SIGTERM closes the engine
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    settings = Settings()
+    try:
+        calibration = calibrate_main(args, settings.engine, settings.cache_dir)
+    except KeyboardInterrupt:
+        print("mrsa calibrate: interrupted; --resume continues from what --out holds", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"mrsa calibrate: {exc}") from None
+    presets = args.presets or os.path.join(args.out, "presets.json")
+    load_presets(presets)  # what mrsa serve --presets will read: fails here, not at serve time
+    table = Table(title=f"effort levels on {calibration['meta']['problems']} problems "
+                  f"(against {calibration['meta']['reference']})")
+    for column in ("level", "method", "accuracy", "tokens", "diff [95% CI]"):
+        table.add_column(column)
+    for level, c in calibration["efforts"].items():
+        v = c["vs_reference"]
+        table.add_row(level, c["name"], f"{c['accuracy']:.3f}", f"{c['tokens_mean']:.0f}",
+                      f"{v['diff']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]")
+    Console().print(table)
+    print(f"presets: {presets}\ncalibration: {os.path.join(args.out, 'calibration.json')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrsa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="accuracy of single sample, majority vote and RSA on a dataset")
     eval_arguments(evaluate)
     evaluate.set_defaults(func=_eval)
+
+    from mrsa.evals.calibrate import add_arguments as calibrate_arguments
+
+    calibrate = sub.add_parser(
+        "calibrate", help="measure accuracy against tokens of vote, adaptive vote and RSA on a model; "
+        "write the effort presets mrsa serve loads (--presets)",
+    )
+    calibrate_arguments(calibrate)
+    calibrate.set_defaults(func=_calibrate)
     return parser
 
 

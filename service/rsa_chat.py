@@ -134,7 +134,7 @@ async def _stream(
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
     yield sse(chunks.progress({
         "event": "run_started", "seed": run.seed, "population": params.population, "k": params.k,
-        "rounds": params.rounds, "method": params.method,
+        "rounds": run.plan.rounds, "method": params.method,  # an adaptive vote has one round
     }))
     await ticket.wait()
     started = ended = False

@@ -145,7 +145,7 @@ class RunManager:
         }
         started = {
             "event": "run_started", "seed": run.seed, "population": run.params.population,
-            "k": run.params.k, "rounds": run.params.rounds, "method": run.params.method,
+            "k": run.params.k, "rounds": run.plan.rounds, "method": run.params.method,
         }
         await store.create(run_id, owner, spec, started)
         self._spawn(run_id, spec, ticket, run=run, attempt=1)

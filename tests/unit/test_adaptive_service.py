@@ -36,7 +36,7 @@ async def test_a_stream_announces_the_method_and_ends_with_the_stop_reason() -> 
             chunks = [json.loads(line[6:]) async for line in s.aiter_lines()
                       if line.startswith("data: ") and line != "data: [DONE]"]
     started = chunks[0]["rsa"]
-    assert started["event"] == "run_started" and started["method"] == "adaptive_vote"
+    assert started["event"] == "run_started" and (started["method"], started["rounds"]) == ("adaptive_vote", 1)
     (summary,) = [c["rsa"] for c in chunks if c.get("rsa", {}).get("event") == "run_completed"]
     assert summary["stop_reason"] == "max_population" and summary["samples"] == 12
 
