@@ -15,6 +15,14 @@ aggregation rounds, and an evaluation killed mid-way loses only what was in flig
 Tokens are still counted in every configuration that uses a sample: a replayed completion
 reports its own token counts, so each configuration's cost is what it would cost alone. Wall
 times of configurations that replay samples are therefore not comparable; tokens are.
+
+A kept run's later rounds (aggregation traces) can be replayed too (``seeded``, from
+:func:`seeded_from_traces`): their prompts are built from their parents' tails, which a kept
+trace does not hold as ids, so such a trace is matched by what fixes it instead: its seed (the
+run seed, round and index, hence the same node of the same plan), its token limit, and its
+prompt's length. A request with all three is the same node over the same parents' tails (the
+first round replayed from the memo), and is answered with the kept completion, which is then
+memoised under the request's own key.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ def memo_key(model_name: str, prompt_ids: Sequence[int], params: SamplingParams)
 class MemoEngine(AsyncCloseable):
     """:class:`engine.base.Engine` over ``engine``, replaying completions of seeded requests."""
 
-    def __init__(self, engine: Engine, path: Path | None = None) -> None:
+    def __init__(self, engine: Engine, path: Path | None = None,
+                 seeded: dict[tuple[int, int, int, float], Completion] | None = None) -> None:
         self.engine = engine
         self.model_name = engine.model_name
         self.served_names = engine.served_names
@@ -51,6 +60,7 @@ class MemoEngine(AsyncCloseable):
         self._pending: dict[str, asyncio.Future[Completion]] = {}
         self.hits = 0
         self.misses = 0
+        self.seeded = dict(seeded or {})  # (seed, max_tokens, prompt length, temperature) -> completion
         self._path = path
         if path is not None and path.exists():
             with path.open(encoding="utf-8") as f:
@@ -83,6 +93,9 @@ class MemoEngine(AsyncCloseable):
         if key not in self._done and key in self._pending:
             with contextlib.suppress(Exception):  # the first caller failed or was aborted
                 await asyncio.shield(self._pending[key])
+        kept = self.seeded.get((params.seed, params.max_tokens, len(prompt_ids), params.temperature))
+        if key not in self._done and kept is not None:
+            self._keep(key, kept)
         if key in self._done:
             self.hits += 1
             done = self._done[key]
@@ -161,6 +174,27 @@ def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: di
                 completion = Completion(ids, node["text"], node["finish_reason"], node["prompt_tokens"])
                 rows[key] = {"key": key, **dataclasses.asdict(completion)}
     return list(rows.values())
+
+
+def seeded_from_traces(traces: dict[str, dict[str, list[dict]]], tokenizer, temperature: float,
+                       rounds: range = range(1, 1 << 16)) -> dict[tuple[int, int, int, float], Completion]:
+    """The finished traces of ``rounds`` (default: every round after the first) that a kept run
+    holds, by (seed, max_tokens, prompt tokens, temperature: the run's trace temperature): what
+    :class:`MemoEngine` replays them by. Ids are re-encoded from the text as in
+    :func:`memo_rows_from_traces`."""
+    kept: dict[tuple[int, int, int, float], Completion] = {}
+    for runs in traces.values():
+        for nodes in runs.values():
+            for node in nodes:
+                if node["round"] not in rounds or node["kind"] != "trace" or node["status"] != "finished":
+                    continue
+                ids = tokenizer.encode(node["text"])
+                stop = tokenizer.eos_token_id
+                if node["finish_reason"] == "stop" and stop is not None and len(ids) < node["completion_tokens"]:
+                    ids.append(stop)
+                kept[(node["seed"], node["max_tokens"], node["prompt_tokens"], temperature)] = Completion(
+                    ids, node["text"], node["finish_reason"], node["prompt_tokens"])
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

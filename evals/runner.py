@@ -26,7 +26,10 @@ from mrsa.rsa import RsaParams
 
 _KEYS = {"n": "population", "k": "k", "t": "rounds", "tau": "tail_tokens", "max": "trace_max_tokens",
          "sel": "selection", "temp": "temperature", "final": "final_max_tokens", "prompt": "aggregation_prompt",
-         "vote": "final_vote"}
+         "vote": "final_vote", "wave": "wave", "maxn": "max_population", "rule": "stop_rule",
+         "thr": "stop_threshold"}
+_TEXT_VALUED = ("selection", "aggregation_prompt", "final_vote", "stop_rule")
+_FLOAT_VALUED = ("temperature", "stop_threshold")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class EvalConfig:
 def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
     """``single``, ``majority:n=8`` or ``rsa:n=4,k=2,t=2,tau=64`` (also ``max=`` trace tokens,
     ``sel=`` selection, ``temp=``, ``final=`` final tokens, ``prompt=annotated|bare``, ``vote=last|all``,
-    ``name=``). ``defaults`` fills the
+    ``name=``); the adaptive methods ``adaptive_vote:n=4,wave=4,maxn=16,rule=posterior,thr=0.95``
+    and ``adaptive_rsa:n=4,k=2,t=2,maxn=8,...`` (``n``: the first wave). ``defaults`` fills the
     rest (tail_tokens, trace_max_tokens, temperature...)."""
     kind, _, rest = spec.partition(":")
     opts: dict[str, str] = {}
@@ -54,19 +58,28 @@ def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
         values.update(population=int(opts.pop("n", 8)), k=1, rounds=1, selection="majority")
     elif kind == "rsa":
         values.setdefault("selection", "majority")
+    elif kind == "adaptive_vote":
+        values.update(method="adaptive_vote", k=1, rounds=1, selection="majority")
+    elif kind == "adaptive_rsa":
+        values.update(method="adaptive_rsa")
+        values.setdefault("selection", "majority")
     else:
-        raise ValueError(f"unknown config kind {kind!r}: single, majority or rsa")
+        raise ValueError(f"unknown config kind {kind!r}: single, majority, rsa, adaptive_vote or adaptive_rsa")
     name = opts.pop("name", None)
     for key, value in opts.items():
         field_name = _KEYS[key]
-        text_valued = field_name in ("selection", "aggregation_prompt", "final_vote")
-        values[field_name] = value if text_valued else (float(value) if key == "temp" else int(value))
-    if kind == "rsa":
+        text_valued = field_name in _TEXT_VALUED
+        values[field_name] = value if text_valued else (float(value) if field_name in _FLOAT_VALUED else int(value))
+    if kind in ("rsa", "adaptive_rsa"):
         values.setdefault("k", min(2, values.get("population", 4)))
     params = RsaParams(**values)
     if name is None:
         p = params
-        name = {"single": "single", "majority": f"majority@{p.population}"}.get(
+        grow = f"..{p.max_population}" if p.max_population else ""
+        rule = f" {p.stop_rule}>={p.stop_threshold:g}"
+        name = {"single": "single", "majority": f"majority@{p.population}",
+                "adaptive_vote": f"adaptive_vote {p.population}+{p.wave}{grow}{rule}",
+                "adaptive_rsa": f"adaptive_rsa N={p.population}{grow} K={p.k} T={p.rounds}{rule}"}.get(
             kind, f"rsa N={p.population} K={p.k} T={p.rounds}"
         )
     return EvalConfig(name, params)
@@ -186,7 +199,7 @@ async def evaluate(
     backend: Backend, configs: Sequence[EvalConfig], problems: Sequence[Problem], *, seed: int = 0,
     concurrency: int = 4, console: Console | None = None, meta: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None, previous: dict | None = None,
-    checkpoint_every: int = 4,
+    checkpoint_every: int = 4, deadline: float | None = None,
 ) -> dict:
     """Every configuration over the same problems; the results document.
 
@@ -195,7 +208,10 @@ async def evaluate(
     memoises them), so a results document saved mid-way (``checkpoint``, every
     ``checkpoint_every`` problems) pairs all configurations on the problems done so far.
     ``previous``: a results document of the same configurations to continue; its finished runs
-    are kept (re-graded) and not run again, so a long evaluation can go in slices."""
+    are kept (re-graded) and not run again, so a long evaluation can go in slices.
+    ``deadline`` (``time.monotonic()``): no problem starts after it; the document then holds
+    the problems done (``meta.problems_done``), and a later call with it as ``previous``
+    continues."""
     resolve = getattr(backend, "resolve_model", None)
     if resolve is not None:  # a service: ask it which model it serves
         await resolve()
@@ -236,6 +252,8 @@ async def evaluate(
         if not todo:
             return
         async with gate:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
             await asyncio.gather(*(run(i, problem, c) for c in todo))
         finished_problems += 1
         if checkpoint is not None and finished_problems % checkpoint_every == 0:
