@@ -14,6 +14,14 @@ CcaOps = Literal["auto", "triton", "reference"]
 """Which CCA q/k/v step a ZAYA model runs: ``auto`` (Triton on CUDA, the reference elsewhere),
 ``triton`` (the fused kernels) or ``reference`` (their PyTorch reference)."""
 
+ZayaImpl = Literal["auto", "upstream", "plugin"]
+"""Which ZAYA model vLLM builds: ``upstream`` (vLLM's own, from 0.34: CCA state in the hybrid
+cache, prefix caching and CUDA graphs), ``plugin`` (engine/zaya: our CCA kernels, eager, no
+prefix caching) or ``auto`` (upstream where vLLM has ZAYA, else ours)."""
+
+ZAYA_IMPL_ENV = "MRSA_ZAYA_IMPL"
+"""How ``EngineConfig.zaya_impl`` reaches the plugin in vLLM's processes (engine/zaya/plugin.py)."""
+
 CCA_OPS_ENV = "MRSA_CCA_OPS"
 """How ``EngineConfig.cca_ops`` reaches the ZAYA plugin in vLLM's worker processes (and how a
 plain ``vllm serve`` with the plugin is told)."""
@@ -57,14 +65,21 @@ class EngineConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed; every trace also carries its own seed.")
     tool_call_parser: str | None = Field(
-        None, description="vLLM's --tool-call-parser for plain requests' tool calls (e.g. hermes)."
+        None, description="vLLM's --tool-call-parser for plain requests' tool calls (e.g. hermes; default: the "
+        "model's own, hermes for the built-in Qwen models, zaya for ZAYA; an empty value: none)."
     )
     enable_auto_tool_choice: bool = Field(
         False, description="vLLM's --enable-auto-tool-choice: loads the tool-call parser (vLLM 0.32 uses it only "
-        "then, for every tool_choice)."
+        "then, for every tool_choice). Unset, it is on where the tool-call parser is the model's own."
     )
     reasoning_parser: str | None = Field(
-        None, description="vLLM's --reasoning-parser (e.g. qwen3): a reasoning model's thinking goes to `reasoning`."
+        None, description="vLLM's --reasoning-parser (e.g. qwen3): a reasoning model's thinking goes to "
+        "`reasoning` (default: the model's own, zaya for ZAYA; an empty value: none)."
+    )
+    zaya_impl: ZayaImpl = Field(
+        "auto",
+        description="ZAYA models: vLLM's own model (upstream, vLLM >= 0.34) or this project's plugin "
+        "(plugin: the CCA kernels, eager, no prefix caching); auto: upstream where vLLM has it.",
     )
     cca_ops: CcaOps = Field(
         "auto",

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from mrsa.engine import lifetime
 from mrsa.engine.base import AsyncCloseable, EngineError, GenerationDelta, SamplingParams
-from mrsa.engine.config import CCA_OPS_ENV, EngineConfig
+from mrsa.engine.config import CCA_OPS_ENV, ZAYA_IMPL_ENV, EngineConfig
 from mrsa.engine.openai_layer import VllmOpenAI
+from mrsa.engine.parsers import ModelParsers, model_parsers, with_model_parsers
 from mrsa.engine.reasoning import reasoning_parsers
 from mrsa.engine.tokenizer import HFTokenizer
 
@@ -37,6 +38,17 @@ def resolve_model(config: EngineConfig, cache_dir: Path | str | None = None) -> 
         return str(ensure_model(packaged, cache_dir)), packaged.name
     assert config.model is not None
     return config.model, config.model
+
+
+def default_parsers(config: EngineConfig, checkpoint: str) -> ModelParsers:
+    """The parsers the model being served needs (engine/parsers.py): a built-in model's from
+    its catalog entry, any other checkpoint's from its architecture."""
+    from mrsa.engine.provision import DEFAULT_MODEL, lookup
+
+    packaged = lookup(config.model or DEFAULT_MODEL)
+    if packaged is not None and not (config.model and Path(config.model).exists()):
+        return model_parsers(checkpoint, ModelParsers(packaged.tool_call_parser, packaged.reasoning_parser))
+    return model_parsers(checkpoint)
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -78,7 +90,10 @@ class LocalEngine(AsyncCloseable):
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from mrsa.engine.zaya.plugin import register as register_zaya
+
         model, name = resolve_model(config, cache_dir)
+        config = with_model_parsers(config, default_parsers(config, model))
         self.served_names = list(config.served_model_name or [name])
         self.model_name = self.served_names[0]
         cpu = current_platform.is_cpu()
@@ -98,8 +113,10 @@ class LocalEngine(AsyncCloseable):
             # to the front end (vLLM keeps one by default; on 2 cores that halves the engine).
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{config.cpu_kvcache_space_gib:g}"
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(config.cpu_reserved_cores)
-        # Read by the ZAYA plugin in the engine's worker processes (engine/zaya/state.py).
+        # Read by the ZAYA plugin in the engine's worker processes (engine/zaya/state.py, plugin.py).
         os.environ[CCA_OPS_ENV] = config.cca_ops
+        os.environ[ZAYA_IMPL_ENV] = config.zaya_impl
+        register_zaya()  # this process too: the `zaya` parsers where vLLM lacks them, before they are looked up
         if config.cca_ops == "triton" and not current_platform.is_cuda_alike():
             os.environ["TRITON_INTERPRET"] = "1"
         args = AsyncEngineArgs(

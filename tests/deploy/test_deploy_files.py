@@ -230,6 +230,7 @@ def test_cpu_dockerfile_installs_like_install_sh_and_provisions_the_model() -> N
     assert "deploy/vllm_cli.py" in script and any("deploy/vllm_cli.py" in r and "bin/vllm" in r for r in runs), runs
 
 
+@pytest.mark.vllm_api
 @pytest.mark.skipif(not (Path(sys.executable).parent / "vllm").exists(), reason="no vllm in this environment")
 def test_the_vllm_command_runs() -> None:
     """`vllm serve` is what README tells replica users to run: the command must start."""

@@ -7,6 +7,8 @@ import pytest
 from mrsa.engine.config import EngineConfig
 from mrsa.engine.local import cpu_has_native_bf16, device_defaults
 
+pytestmark = pytest.mark.vllm_api  # the engine's arguments: also checked on the CUDA flavour
+
 # /proc/cpuinfo flag lines of the two kinds of machine this project runs on (abridged).
 AMD_AVX2 = "flags\t\t: fpu vme sse sse2 avx avx2 fma bmi2 sha_ni vaes vpclmulqdq\n"
 INTEL_AMX = "flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n"

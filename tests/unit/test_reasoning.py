@@ -18,6 +18,8 @@ from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine, ThinkTagParser, collect
 
+pytestmark = pytest.mark.vllm_api  # the adapter over vLLM's parsers: also run on the CUDA flavour
+
 MESSAGES = [{"role": "user", "content": "What is 6 * 7?"}]
 RSA = {"population": 3, "k": 2, "rounds": 2, "tail_tokens": 8, "trace_max_tokens": 200, "seed": 3}
 THOUGHT = "<think>\nsix sevens: 7, 14, 21, 28, 35, 42\n</think>\n\nThe answer is \\boxed{42}."
