@@ -29,7 +29,8 @@ class RunError(Exception):
 class Backend(Protocol):
     model: str
 
-    def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]: ...
+    def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str,
+            effort: str | None = None) -> AsyncIterator[dict]: ...
 
 
 def _rsa_body(params: RsaParams) -> dict:
@@ -64,7 +65,10 @@ class HttpBackend:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
+    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str,
+                  effort: str | None = None) -> AsyncIterator[dict]:
+        """``effort``: send that ``reasoning_effort`` and only ``params``' seed, so the server's
+        preset decides the method (what a client asking for an effort gets)."""
         body = {
             "model": await self.resolve_model(),
             "messages": messages,
@@ -72,6 +76,9 @@ class HttpBackend:
             "stream_options": {"include_usage": True},
             "rsa": _rsa_body(params),
         }
+        if effort is not None:
+            body["reasoning_effort"] = effort
+            body["rsa"] = {"seed": params.seed} if params.seed is not None else {}
         completed: dict | None = None
         async with aconnect_sse(self.client, "POST", "/v1/chat/completions", json=body) as source:
             response = source.response
@@ -133,7 +140,10 @@ class EngineBackend:
         self.model = engine.model_name
         self.keep_traces = keep_traces
 
-    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str) -> AsyncIterator[dict]:
+    async def run(self, messages: list[dict[str, str]], params: RsaParams, run_id: str,
+                  effort: str | None = None) -> AsyncIterator[dict]:
+        if effort is not None:
+            raise RunError("an effort level is the server's preset: evaluate it with --url")
         yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds,
                "method": params.method}
         async with aclosing(RsaRun(self.engine, messages, params, run_id=run_id).events()) as events:

@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", action="append", dest="configs", metavar="SPEC",
         help="repeatable: single | majority:n=8 | rsa:n=4,k=2,t=2[,tau=64][,max=256][,sel=aggregate][,vote=all] "
+        "| adaptive_vote:n=2,wave=1,maxn=8,thr=0.7 | adaptive_rsa:n=4,k=2,t=2,thr=0.9 | effort:high (--url: the served preset) "
         f"(default: {' '.join(DEFAULT_CONFIGS)})",
     )
     p.add_argument("--tail-tokens", type=int, help="tau of every config (rsa: tau= overrides; default: the rsa default)")

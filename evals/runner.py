@@ -36,15 +36,21 @@ _FLOAT_VALUED = ("temperature", "stop_threshold")
 class EvalConfig:
     name: str
     params: RsaParams
+    effort: str | None = None  # a served reasoning_effort: the server's preset runs (--url only)
 
 
 def parse_config(spec: str, defaults: dict | None = None) -> EvalConfig:
     """``single``, ``majority:n=8`` or ``rsa:n=4,k=2,t=2,tau=64`` (also ``max=`` trace tokens,
     ``sel=`` selection, ``temp=``, ``final=`` final tokens, ``prompt=annotated|bare``, ``vote=last|all``,
-    ``name=``); the adaptive methods ``adaptive_vote:n=4,wave=4,maxn=16,rule=posterior,thr=0.95``
+    ``name=``); ``effort:high`` (a served reasoning_effort, ``--url``); the adaptive methods
+    ``adaptive_vote:n=4,wave=4,maxn=16,rule=posterior,thr=0.95``
     and ``adaptive_rsa:n=4,k=2,t=2,maxn=8,...`` (``n``: the first wave). ``defaults`` fills the
     rest (tail_tokens, trace_max_tokens, temperature...)."""
     kind, _, rest = spec.partition(":")
+    if kind == "effort":  # effort:high - the served preset of that reasoning_effort
+        if rest not in ("low", "medium", "high", "xhigh", "auto"):
+            raise ValueError(f"effort:{rest}: one of low, medium, high, xhigh, auto")
+        return EvalConfig(f"effort {rest}", RsaParams(**(defaults or {})), effort=rest)
     opts: dict[str, str] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -127,7 +133,8 @@ async def run_one(backend: Backend, config: EvalConfig, problem: Problem, seed: 
     record = RunRecord(problem=problem.id, gold=problem.answer, seed=seed)
     t0 = time.perf_counter()
     try:
-        async for event in backend.run(problem.messages(), params, f"eval-{problem.id}-{seed}"):
+        extra = {"effort": config.effort} if config.effort is not None else {}
+        async for event in backend.run(problem.messages(), params, f"eval-{problem.id}-{seed}", **extra):
             record.observe(event)
             if on_event is not None:
                 on_event(event)
@@ -147,6 +154,7 @@ def config_summary(config: EvalConfig, records: Sequence[RunRecord]) -> dict:
     return {
         "name": config.name,
         "params": config.params.model_dump(exclude={"seed"}),
+        **({"effort": config.effort} if config.effort is not None else {}),
         "rounds": [asdict(m) for m in summary.rounds],
         "final_accuracy": summary.final_accuracy,
         "final_interval": wilson_interval(sum(r.final_correct for r in ok), len(ok)),

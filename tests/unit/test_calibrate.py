@@ -205,3 +205,40 @@ async def test_a_kept_later_round_trace_is_replayed_only_for_the_same_node_and_p
     assert await ask(shorter, 7) != "kept text"  # another prompt length: another prompt
     assert await ask(prompt, 8) != "kept text"  # another seed: another node
     assert len(inner.requests) == 2 and memo.hits == 1
+
+
+# ----------------------------------------------------------------------------- served presets
+
+
+async def test_a_served_effort_runs_the_preset_calibration_wrote(tmp_path: Path) -> None:
+    """``effort:medium`` through a server given the preset file answers as the measured method."""
+    import httpx
+
+    from mrsa.evals.backends import HttpBackend
+    from mrsa.service.app import create_app
+    from mrsa.service.settings import Settings
+
+    problems = arithmetic(4, 1, seed=8)
+    golds = {p.question: p.answer for p in problems}
+
+    def engine() -> FakeEngine:
+        def answer(request: FakeRequest) -> str:
+            gold = next(a for q, a in golds.items() if q in request.prompt)
+            return gold if request.rng().random() < 0.6 else str(int(gold) + 1)
+
+        return FakeEngine(answer=answer, delay=0.001)
+
+    spec = "adaptive_vote:n=2,wave=1,maxn=6,thr=0.7"
+    measured = parse_config(spec, {"trace_max_tokens": 64})
+    chosen = {"medium": Point(measured.name, AdaptiveVote(2, 1, 6, "posterior", 0.7).fields)}
+    path = write_presets(tmp_path / "presets.json",
+                         preset_document("fake-model", chosen, {"trace_max_tokens": 64, "temperature": 0.6}, {}))
+    direct = await evaluate(EngineBackend(engine()), [measured], problems, seed=3)
+    app = create_app(Settings(presets=path), engine_factory=lambda _: engine())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            served = await evaluate(HttpBackend("http://test", client=http), [parse_config("effort:medium")], problems, seed=3)
+    keep = ("problem", "answers", "final_answer", "final_correct", "completion_tokens", "stop_reason")
+    runs = lambda doc: [{k: r[k] for k in keep} for r in doc["configs"][0]["runs"]]  # noqa: E731
+    assert runs(served) == runs(direct)
+    assert {r["stop_reason"] for r in runs(direct)} <= {"settled", "max_population"}
