@@ -29,6 +29,11 @@ class AdmissionSettings(BaseModel):
     max_running_requests: int = Field(64, ge=1, description="Plain completions executing at once.")
     max_queued_requests: int = Field(256, ge=0, description="Plain completions waiting for a slot.")
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 429.")
+    key_share: float = Field(
+        0.5, gt=0, le=1,
+        description="The most of each pool's slots and queue places one API key holds while others "
+        "wait (keys off: every caller is one tenant, which holds everything).",
+    )
 
 
 class HttpSettings(BaseModel):
@@ -122,6 +127,16 @@ class Settings(BaseSettings):
         7 * 24 * 3600, gt=0,
         description="Stored responses and background runs are removed this long after they were "
         "created (responses) or ended (runs); then they answer 404.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="Run store: unset = the SQLite file (store_path), one server; postgresql://... = a "
+        "database that API replicas share, each run leased to the replica executing it.",
+    )
+    store_lease_s: float = Field(
+        15.0, gt=0,
+        description="PostgreSQL store: how long a replica holds a run without renewing (renewed every "
+        "third of it); a dead replica's runs resume elsewhere this long after it died.",
     )
 
     @model_validator(mode="after")
