@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from mrsa.engine.base import Engine, EngineError
 from mrsa.engine.config import EngineConfig
 from mrsa.service import metrics
-from mrsa.service.admission import Admission
+from mrsa.service.admission import Admission, TicketScope
 from mrsa.service.auth import ApiKeyMiddleware, load_keys
 from mrsa.service.body_limit import BodyLimitMiddleware
 from mrsa.service.cross_site import CrossSiteMiddleware
@@ -47,11 +47,11 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits = settings.admission
         app.state.plain_admission = Admission(
-            "requests", limits.max_running_requests, limits.max_queued_requests, limits.retry_after_s
+            "requests", limits.max_running_requests, limits.max_queued_requests, limits.retry_after_s, limits.key_share
         )
         runs = RunManager(
             settings.store_path,
-            Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s),
+            Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s, limits.key_share),
             ttl_s=settings.store_ttl_s,
         )
         runs.open()  # a store another server holds stops us here, before a model is loaded
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
     app.include_router(router)
     app.include_router(trace_router)
     app.include_router(metrics.router)
+    app.add_middleware(TicketScope)  # innermost: no admission ticket outlives its request
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CrossSiteMiddleware, allowed_origins=settings.allowed_origins)  # before the body is read
     keys = load_keys(settings.api_keys.get_secret_value() if settings.api_keys else None, settings.api_key_file)

@@ -6,7 +6,7 @@ from fastapi import Request
 
 from mrsa.engine.base import Engine, EngineError
 from mrsa.rsa.events import RunFailed
-from mrsa.service.admission import Admission, Overloaded, Ticket
+from mrsa.service.admission import SCOPE_KEY, Admission, Overloaded, Ticket, Tickets
 from mrsa.service.errors import APIError
 from mrsa.service.runs import RunManager
 from mrsa.service.settings import Settings
@@ -40,10 +40,15 @@ def served(model: str, request: Request) -> Engine:
     return engine
 
 
-def admit(admission: Admission) -> Ticket:
-    """A ticket of ``admission``, or 429 with Retry-After when slots and queue are full."""
+def admit(request: Request, admission: Admission) -> Ticket:
+    """A ticket of ``admission`` for the caller, held by the request (released when its
+    response ends, unless a background run detaches it), or 429 with Retry-After when slots
+    and queue (or the caller's share of them) are full."""
+    tickets: Tickets | None = request.scope.get(SCOPE_KEY)
     try:
-        return admission.admit()
+        if tickets is None:  # an app without TicketScope: the caller releases it
+            return admission.admit(owner=owner_of(request))
+        return tickets.admit(admission, owner_of(request))
     except Overloaded as exc:
         raise APIError(
             str(exc), status=429, type="rate_limit_error", code="server_busy",

@@ -34,7 +34,7 @@ Call = Callable[[], Awaitable[OpenAIResult]]
 async def forward(request: Request, call: Call, *, admitted: bool = True) -> Response:
     """Answer with what ``call`` (a method of ``engine.openai``) returns. ``admitted``: the
     call generates, so it takes an admission slot (tokenize and the model list do not)."""
-    ticket = admit(request.app.state.plain_admission) if admitted else None
+    ticket = admit(request, request.app.state.plain_admission) if admitted else None
     try:
         result = await until_disconnect(request, _started(ticket, call))
     except ClientDisconnected:  # the call was cancelled: its engine requests were aborted

@@ -83,7 +83,7 @@ def failed_body(exc: RunFailed) -> dict:
 async def complete(body: ChatCompletionRequest, request: Request, engine: Engine, chunks: ChunkFactory) -> Response:
     params = rsa_params(body, settings_of(request))
     run = new_run(engine, body, params, chunks.id)
-    ticket = admit(runs_of(request).admission)
+    ticket = admit(request, runs_of(request).admission)
     logs.bind_run(chunks.id)
     log.info("rsa run started", extra={"seed": run.seed, "population": params.population, "k": params.k,
                                        "rounds": params.rounds, "method": params.method})

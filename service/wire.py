@@ -32,6 +32,7 @@ from mrsa.rsa.events import (
     Usage,
 )
 from mrsa.rsa.params import RsaParams
+from mrsa.service.json_body import replacing_surrogates
 from mrsa.service.settings import Effort
 
 # The OpenAPI schema documents the rsa object field by field (every field optional: server
@@ -328,8 +329,9 @@ def answer_message(result: RsaResult, include_reasoning: bool = True) -> Respons
 def rsa_completion(
     id: str, created: int, model: str, result: RsaResult, with_trace: bool, include_reasoning: bool = True
 ) -> ChatCompletion:
-    """The ``chat.completion`` of a finished run."""
-    return ChatCompletion(
+    """The ``chat.completion`` of a finished run (a lone surrogate in the model's text as
+    U+FFFD: UTF-8 cannot carry it)."""
+    completion = ChatCompletion(
         id=id,
         created=created,
         model=model,
@@ -339,6 +341,9 @@ def rsa_completion(
         usage=usage_info(result.usage),
         rsa=rsa_summary(result, with_trace),
     )
+    dumped = completion.model_dump()
+    repaired = replacing_surrogates(dumped)
+    return completion if repaired is dumped else ChatCompletion(**repaired)
 
 
 def planned_nodes(params: dict[str, Any]) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from mrsa.service import metrics
 from mrsa.service.admission import Ticket
 from mrsa.service.context import engine_error, owner_of, runs_of
 from mrsa.service.errors import APIError
+from mrsa.service.json_body import replacing_surrogates
 from mrsa.service.responses.events import EventSequence, TextItems
 from mrsa.service.responses.prepare import Prepared
 from mrsa.service.responses.stored import answer_of, record, summary_of
@@ -83,7 +84,7 @@ async def _plain(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
     usage = UsageInfo(prompt_tokens=len(prompt_ids), completion_tokens=len(done.token_ids),
                       total_tokens=len(prompt_ids) + len(done.token_ids),
                       prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens))
-    yield Answer(text, "incomplete" if done.finish_reason == "length" else "completed", usage)
+    yield Answer(replacing_surrogates(text), "incomplete" if done.finish_reason == "length" else "completed", usage)
 
 
 async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[str | dict | Answer]:

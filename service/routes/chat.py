@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 from mrsa.service import plain, rsa_chat
 from mrsa.service.context import engine_of, served, settings_of
 from mrsa.service.errors import APIError
+from mrsa.service.json_body import json_object
 from mrsa.service.routes.runs import submit_run
 from mrsa.service.rsa_request import rsa_request
 from mrsa.service.wire import ChunkFactory, completion_id, now
@@ -30,17 +31,6 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _OBJECT = {"type": "object", "additionalProperties": True}
-
-
-async def json_object(request: Request) -> dict:
-    """The request's JSON object, or the 400 that says why there is none."""
-    try:
-        raw = await request.json()
-    except ValueError as exc:
-        raise APIError(f"Request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(raw, dict):
-        raise APIError("Request body must be a JSON object", code="invalid_json")
-    return raw
 
 
 _INT = TypeAdapter(int)

@@ -14,10 +14,13 @@ from fastapi.responses import JSONResponse, Response
 from mrsa.service import metrics
 from mrsa.service.context import admit, owner_of, runs_of
 from mrsa.service.errors import APIError
+from mrsa.service.idempotency import REPLAYED, idempotency
+from mrsa.service.json_body import check_json
 from mrsa.service.responses import stored
 from mrsa.service.responses.live import respond, sse_event
 from mrsa.service.responses.prepare import Prepared, prepare
 from mrsa.service.responses.wire import ResponseObject, ResponseRequest, response_id
+from mrsa.service.runs import Submitted
 from mrsa.service.streaming import EventStream
 from mrsa.service.wire import now
 
@@ -27,28 +30,44 @@ router = APIRouter()
 @router.post("/v1/responses", response_model=ResponseObject)
 async def create_response(body: ResponseRequest, request: Request) -> Response:
     """A response: plain, or an RSA run with ``reasoning.effort`` low..xhigh or ``rsa``;
-    ``stream`` for the event stream; ``background`` to return at once (status ``queued``)."""
+    ``stream`` for the event stream; ``background`` to return at once (status ``queued``),
+    once per ``Idempotency-Key`` (:mod:`~mrsa.service.idempotency`)."""
+    raw = await request.json()
+    check_json(raw)
     if body.background and not body.store:
         raise APIError("background responses are stored: store must not be false", param="store")
+    runs, owner = runs_of(request), owner_of(request)
+    key = idempotency(request, raw) if body.background else None
+    if key is not None and (earlier := await runs.idempotent(owner, *key)) is not None:
+        return await _accepted(request, earlier, body.stream)
     prep = await prepare(body, request, response_id())
     if body.background:
-        return await _submit(prep, request, body.stream)
-    runs = runs_of(request)
-    ticket = admit(request.app.state.plain_admission if prep.plain else runs.admission)
+        return await _submit(prep, request, body.stream, key)
+    ticket = admit(request, request.app.state.plain_admission if prep.plain else runs.admission)
     return await respond(prep, request, ticket, body.stream)
 
 
-async def _submit(prep: Prepared, request: Request, stream: bool) -> Response:
+async def _submit(prep: Prepared, request: Request, stream: bool, key: tuple[str, str] | None) -> Response:
+    """The response's run, stored with its record in one transaction."""
     runs, owner = runs_of(request), owner_of(request)
-    ticket = admit(runs.admission)
-    created = now()
-    data = stored.record(prep.engine.model_name, created, prep.echo, prep.conversation, None)
-    await runs.put_response(owner, prep.resp_id, data, run_id=prep.resp_id)
-    metrics.RSA_RUNS.inc()
-    run = await runs.submit(owner, prep.engine.model_name, prep.resp_id, prep.run, ticket, extra={"response": True})
-    if stream:
-        return EventStream(_replay(request, prep.resp_id, data, -1))
-    return JSONResponse((await stored.background_object(runs, run, data)).model_dump())
+    ticket = admit(request, runs.admission)
+    data = stored.record(prep.engine.model_name, now(), prep.echo, prep.conversation, None)
+    submitted = await runs.submit(owner, prep.engine.model_name, prep.resp_id, prep.run, ticket,
+                                  extra={"response": True}, response=data, idempotency=key)
+    if not submitted.replayed:
+        metrics.RSA_RUNS.inc()
+    return await _accepted(request, submitted, stream)
+
+
+async def _accepted(request: Request, submitted: Submitted, stream: bool) -> Response:
+    """A background response as accepted (or as the first request with its key left it)."""
+    resp_id = submitted.run.id
+    response, data = await _found(request, resp_id)
+    answer: Response = (EventStream(_replay(request, resp_id, data, -1)) if stream
+                        else JSONResponse(response.model_dump()))
+    if submitted.replayed:
+        answer.headers[REPLAYED] = "true"
+    return answer
 
 
 async def _found(request: Request, resp_id: str) -> tuple[ResponseObject, dict[str, Any]]:

@@ -12,9 +12,11 @@ from mrsa.engine.base import Engine
 from mrsa.service import metrics
 from mrsa.service.context import admit, owner_of, runs_of, served, settings_of
 from mrsa.service.errors import APIError
+from mrsa.service.idempotency import REPLAYED, idempotency
+from mrsa.service.json_body import check_json
 from mrsa.service.rsa_chat import new_run, rsa_params
 from mrsa.service.rsa_request import rsa_request
-from mrsa.service.runs import StoredRun, new_run_id
+from mrsa.service.runs import RunManager, StoredRun, Submitted, new_run_id
 from mrsa.service.streaming import EventStream, sse
 from mrsa.service.wire import ChatCompletionRequest, RunObject
 
@@ -24,25 +26,38 @@ router = APIRouter()
 @router.post("/v1/rsa/runs", status_code=202, response_model=None)
 async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
     """Start a background RSA run (the body of a chat completion; without ``rsa`` the server's
-    defaults, or the preset of its ``reasoning_effort``)."""
-    rsa_request(await request.json())  # a field a run cannot honour is refused by name
+    defaults, or the preset of its ``reasoning_effort``). ``Idempotency-Key``: see
+    :mod:`~mrsa.service.idempotency`."""
+    raw = await request.json()
+    check_json(raw)
+    rsa_request(raw)  # a field a run cannot honour is refused by name
     engine = served(body.model, request)
     rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort) or {}
     return await submit_run(body.model_copy(update={"rsa": rsa}), request, engine)
 
 
 async def submit_run(body: ChatCompletionRequest, request: Request, engine: Engine) -> Response:
-    """Accept a run: 202 with its run object, or the error that refuses it."""
+    """Accept a run: 202 with its run object (the earlier one, for a repeated
+    ``Idempotency-Key``), or the error that refuses it."""
     if body.stream:
         raise APIError("stream and background exclude each other: follow /v1/rsa/runs/{id}/events", param="stream")
+    runs, owner = runs_of(request), owner_of(request)
+    key = idempotency(request, await request.json())
+    if key is not None and (earlier := await runs.idempotent(owner, *key)) is not None:
+        return await _accepted(runs, earlier)
     params = rsa_params(body, settings_of(request))
     run_id = new_run_id()
     run = new_run(engine, body, params, f"{run_id}-a1")
-    runs = runs_of(request)
-    ticket = admit(runs.admission)
-    metrics.RSA_RUNS.inc()
-    stored = await runs.submit(owner_of(request), engine.model_name, run_id, run, ticket)
-    return JSONResponse((await runs.run_object(stored)).model_dump(), status_code=202)
+    ticket = admit(request, runs.admission)
+    submitted = await runs.submit(owner, engine.model_name, run_id, run, ticket, idempotency=key)
+    if not submitted.replayed:
+        metrics.RSA_RUNS.inc()
+    return await _accepted(runs, submitted)
+
+
+async def _accepted(runs: RunManager, submitted: Submitted) -> Response:
+    headers = {REPLAYED: "true"} if submitted.replayed else None
+    return JSONResponse((await runs.run_object(submitted.run)).model_dump(), status_code=202, headers=headers)
 
 
 async def _owned(request: Request, run_id: str) -> StoredRun:
@@ -50,6 +65,21 @@ async def _owned(request: Request, run_id: str) -> StoredRun:
     if stored is None:
         raise APIError(f"No run with id `{run_id}`.", status=404, param="run_id", code="run_not_found")
     return stored
+
+
+MAX_EVENT_ID = 2**63 - 1
+"""Event numbers are SQLite integers: a larger one names no event and cannot be looked up."""
+
+
+def _event_id(value: str) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_EVENT_ID:
+        raise APIError("Last-Event-ID must be an event number from 0 to 2^63 - 1", param="Last-Event-ID",
+                       code="invalid_value")
+    return number
 
 
 @router.get("/v1/rsa/runs/{run_id}")
@@ -68,19 +98,18 @@ async def cancel_run(run_id: str, request: Request) -> RunObject:
 
 @router.get("/v1/rsa/runs/{run_id}/events", response_model=None)
 async def run_events(
-    run_id: str, request: Request, last_event_id: str | None = Header(None), after: int | None = None
+    run_id: str, request: Request, last_event_id: str | None = Header(None),
+    after: int | None = None,
 ) -> Response:
     """The run's progress as SSE (``id:`` = event number); resume with ``Last-Event-ID`` (or
-    ``?after=N``). Ends after the run's last event (completed, failed or cancelled)."""
+    ``?after=N``), an event number from 0 to 2^63 - 1. Ends after the run's last event
+    (completed, failed or cancelled)."""
     await _owned(request, run_id)
     start = after if after is not None else 0
+    if not 0 <= start <= MAX_EVENT_ID:
+        raise APIError("after must be an event number from 0 to 2^63 - 1", param="after", code="invalid_value")
     if last_event_id is not None:
-        try:
-            start = int(last_event_id)
-        except ValueError:
-            raise APIError("Last-Event-ID must be an event number", param="Last-Event-ID") from None
-    if start < 0:
-        raise APIError("the event number must not be negative", param="after")
+        start = _event_id(last_event_id)
     runs, owner = runs_of(request), owner_of(request)
 
     async def stream() -> AsyncIterator[str]:

@@ -16,6 +16,13 @@ Retention: a run that ended more than ``ttl_s`` ago (and a response of ``/v1/res
 created that long ago) is gone: reads answer as if it never existed, and every new submission
 first removes what expired, so the store holds at most ``ttl_s`` of work.
 
+A resumed run continues only on the model it was accepted for: on another it ends failed
+(``model_changed``, naming both). A run whose stored record cannot be read is quarantined
+(ended failed, ``store_corrupt``, logged and counted in :attr:`RunManager.quarantined`), so one
+bad record never stops a start-up. A node that completes its round is checkpointed with the
+round's ``round_completed`` in one transaction, and ``final_started`` is logged once per run
+(not once per attempt), so a crash leaves the log as an uninterrupted run's.
+
 The store is opened at start, and with it its exclusive lock: a second server pointed at the
 same file refuses to start (:class:`~mrsa.service.runs.store.StoreLocked`) instead of failing its
 first background request. Without a path (``store_path`` unset, as in tests) it is a temporary
@@ -32,14 +39,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 
 from mrsa.engine.base import Engine, EngineError
 from mrsa.rsa import RsaParams, RsaRun
-from mrsa.rsa.events import FinalDelta, NodeFinished, RunCompleted, RunFailed, Usage
+from mrsa.rsa.events import FinalDelta, FinalStarted, NodeFinished, RoundCompleted, RunCompleted, RunFailed, Usage
 from mrsa.service import logs, metrics
 from mrsa.service.admission import Admission, Ticket
-from mrsa.service.runs.store import AsyncStore, Store, StoredRun
+from mrsa.service.errors import APIError
+from mrsa.service.runs.store import AsyncStore, Idempotent, Store, StoredRun, StoreError
 from mrsa.service.wire import (
     ErrorBody,
     RunObject,
@@ -59,6 +68,14 @@ def new_run_id() -> str:
     return f"run_{uuid.uuid4().hex}"
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A run as :meth:`RunManager.submit` accepted it: new, or the one its idempotency key named."""
+
+    run: StoredRun
+    replayed: bool
+
+
 class RunManager:
     """Owns the background runs of one server: their tasks, the store and the run admission."""
 
@@ -76,6 +93,7 @@ class RunManager:
         self._tickets: dict[str, Ticket] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._closing = False
+        self.quarantined = 0  # runs the last start() set aside (records that cannot be read)
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -92,18 +110,41 @@ class RunManager:
 
     async def start(self, engine: Engine) -> int:
         """Serve runs on ``engine``: resume every run the last server left queued or running;
-        returns how many."""
+        returns how many. A run whose stored record cannot be read is quarantined (ended as
+        failed, ``store_corrupt``) and one accepted for another model is ended as failed
+        (``model_changed``), each logged: neither stops the start-up."""
         self.engine = engine
         store = self._open()
         await self.purge()
-        runs = await store.unfinished()
+        runs, bad = await store.unfinished()
+        resumed = 0
         for run in runs:
-            records = await store.records(run.id)
+            if run.spec.get("model") != engine.model_name:
+                error = {"error": ErrorBody(
+                    message=f"This run was accepted for model `{run.spec.get('model')}`; the server now serves "
+                            f"`{engine.model_name}`, which cannot continue its traces. Submit it again.",
+                    type="server_error", code="model_changed").model_dump()}
+                await store.finish(run.id, "failed", {"event": "run_failed", **error}, error=error)
+                log.warning("run %s was accepted for %s, not %s: ended as failed", run.id, run.spec.get("model"),
+                            engine.model_name)
+                continue
+            try:
+                records = await store.records(run.id)
+            except StoreError as exc:
+                bad.append((run.id, exc.message))
+                continue
             await store.append(run.id, {"event": "run_resumed", "checkpoints": len(records), "attempt": run.attempts + 1})
-            ticket = self.admission.admit(force=True)  # accepted before the restart
+            ticket = self.admission.admit(force=True, owner=run.owner)  # accepted before the restart
             self._spawn(run.id, run.spec, ticket, records=records, elapsed_s=run.elapsed_s, attempt=run.attempts + 1)
             log.info("resuming run %s from %d checkpoints", run.id, len(records))
-        return len(runs)
+            resumed += 1
+        for run_id, why in bad:
+            await store.quarantine(run_id, why)
+            log.error("quarantined run %s: %s", run_id, why)
+        if bad:
+            log.error("quarantined %d stored runs whose records cannot be read", len(bad))
+        self.quarantined = len(bad)
+        return resumed
 
     async def close(self) -> None:
         """Stop executing without ending the runs: the next server resumes them."""
@@ -131,10 +172,14 @@ class RunManager:
         return removed
 
     async def submit(self, owner: str, model: str, run_id: str, run: RsaRun, ticket: Ticket,
-                     extra: dict | None = None) -> StoredRun:
+                     extra: dict | None = None, *, response: dict | None = None,
+                     idempotency: tuple[str, str] | None = None) -> Submitted:
         """Persist and start a run whose parameters and context were checked (``run`` is
-        built, its seed drawn); ``ticket`` is its admission; ``extra`` is kept in its spec
-        (what a response of ``/v1/responses`` needs to be shown again)."""
+        built, its seed drawn); ``ticket`` is its admission, which the run then owns;
+        ``extra`` is kept in its spec (what a response of ``/v1/responses`` needs to be shown
+        again), ``response`` is the record of the background response it is, written with it.
+        With ``idempotency`` (key, body digest) a key the owner used before starts nothing:
+        the earlier run is returned (``replayed``), or 409 if its body differed."""
         store = self._open()
         await self.purge()
         spec = {
@@ -147,11 +192,28 @@ class RunManager:
             "event": "run_started", "seed": run.seed, "population": run.params.population,
             "k": run.params.k, "rounds": run.plan.rounds, "method": run.params.method,
         }
-        await store.create(run_id, owner, spec, started)
+        earlier = await store.create(run_id, owner, spec, started, response=response, idempotency=idempotency)
+        if earlier is not None:  # the same key, submitted meanwhile
+            return await self._replayed(owner, earlier)
         self._spawn(run_id, spec, ticket, run=run, attempt=1)
         stored = await store.get(run_id)
         assert stored is not None
-        return stored
+        return Submitted(stored, replayed=False)
+
+    async def idempotent(self, owner: str, key: str, digest: str) -> Submitted | None:
+        """What ``key`` of ``owner`` created before (409 if with another body); None if new."""
+        earlier = await self._open().idempotent(owner, key, digest)
+        return None if earlier is None else await self._replayed(owner, earlier)
+
+    async def _replayed(self, owner: str, earlier: Idempotent) -> Submitted:
+        if not earlier.same_body:
+            raise APIError("This Idempotency-Key was used with another request body.", status=409,
+                           param="Idempotency-Key", code="idempotency_key_reused")
+        stored = await self.get(owner, earlier.object_id)
+        if stored is None:  # deleted since: the key went with it
+            raise APIError("This Idempotency-Key named an object that was deleted.", status=409,
+                           param="Idempotency-Key", code="idempotency_key_reused")
+        return Submitted(stored, replayed=True)
 
     async def get(self, owner: str, run_id: str) -> StoredRun | None:
         """The run, if it exists and belongs to ``owner``."""
@@ -266,7 +328,7 @@ class RunManager:
 
     def _spawn(self, run_id: str, spec: dict, ticket: Ticket, *, attempt: int, run: RsaRun | None = None,
                records: list | None = None, elapsed_s: float = 0.0) -> None:
-        self._tickets[run_id] = ticket
+        self._tickets[run_id] = ticket.detach()  # the run's task releases it, not the request
         task = asyncio.create_task(
             self._execute(run_id, spec, ticket, attempt, run, records or [], elapsed_s), name=run_id
         )
@@ -298,10 +360,18 @@ class RunManager:
                             summary = {**summary_event(event.result, with_trace), "usage": body["usage"]}
                             await store.finish(run_id, "completed", summary, result=body)
                         elif isinstance(event, NodeFinished) and event.record is not None and event.status != "aborted":
+                            # The round this node completes is logged in its checkpoint's
+                            # transaction: a restart restores the round without reporting it.
+                            then = None
+                            if _round_completed_next(run, event.round):
+                                completed = await anext(events)
+                                observer.observe(completed)
+                                then = progress_event(completed)
                             progress = progress_event(event)
-                            await store.checkpoint(run_id, event.record, progress, event.elapsed_s)
+                            await store.checkpoint(run_id, event.record, progress, event.elapsed_s, then)
                         elif (progress := progress_event(event)) is not None:
-                            await store.append(run_id, progress)
+                            # the final call starts again on each attempt; the log says so once
+                            await store.append(run_id, progress, once=isinstance(event, FinalStarted))
                         self._notify(run_id)
         except asyncio.CancelledError:
             if not self._closing:  # DELETE; a shutdown is no stop: the run resumes on restart
@@ -320,6 +390,13 @@ class RunManager:
             self._tasks.pop(run_id, None)
             self._tickets.pop(run_id, None)
             self._notify(run_id)
+
+
+def _round_completed_next(run: RsaRun, round: int) -> bool:
+    """Whether the run's next event, already due, is the completion of ``round`` (the
+    scheduler queues it right after the node that completes it)."""
+    due = run.scheduler.events
+    return bool(due) and isinstance(due[0], RoundCompleted) and due[0].round == round
 
 
 def _error_body(exc: Exception) -> ErrorBody:

@@ -19,9 +19,28 @@ Tables:
 * ``responses``: what ``/v1/responses`` keeps of a stored response (its request, its
   conversation, its body once delivered); a background response also names its run.
 
-Retention: :meth:`Store.expire` removes the runs that ended before a cutoff (with their nodes
-and events) and the responses created before it; SQLite reuses the freed pages, so a server
-under constant load keeps a file of constant size.
+* ``idempotency``: the ``Idempotency-Key`` of a creating request, per owner, with a digest of
+  its body and the run (or background response) it created; written in the run's own
+  transaction, so a crash between accepting a run and answering leaves both or neither.
+
+A run's terminal event (``run_completed``, ``run_failed``, ``run_cancelled``) is its last: every
+write checks the run's status in its own transaction and writes nothing once it ended, so a
+checkpoint that races a cancel is dropped, never logged after ``run_cancelled``.
+
+Strings are stored as UTF-8; a lone surrogate (legal in JSON, and so in a Python string, but
+not in UTF-8) is stored as U+FFFD, the replacement character. Requests with one are refused at
+the door (:mod:`~mrsa.service.json_body`); what reaches the store this way is model output.
+
+Errors: a failed write or read raises :class:`StoreError`, an envelope of its own: 503
+``store_unavailable`` when SQLite cannot write now (disk full, file locked, I/O), 500
+``store_corrupt`` for a row that does not parse. :meth:`Store.unfinished` leaves such a row aside
+so one bad record never stops a start-up; :meth:`Store.quarantine` ends its run as failed.
+
+Retention: :meth:`Store.expire` removes the runs that ended before a cutoff (with their nodes,
+events and idempotency keys) and the responses created before it, in a few set-wise statements
+whatever the batch's size; SQLite reuses the freed pages, and the write-ahead log is truncated
+after an expiry that removed something (and kept under ``journal_size_limit`` otherwise), so a
+server under constant load keeps files of constant size.
 
 :class:`Store` is synchronous and thread-safe; :class:`AsyncStore` runs its calls on one
 dedicated thread, which keeps them off the event loop and in submission order.
@@ -48,6 +67,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mrsa.rsa.events import NodeRecord
+from mrsa.service.errors import APIError
+from mrsa.service.json_body import repaired_json
 
 T = TypeVar("T")
 
@@ -89,11 +110,50 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 CREATE INDEX IF NOT EXISTS runs_by_updated ON runs (updated);
 CREATE INDEX IF NOT EXISTS responses_by_created ON responses (created);
+CREATE INDEX IF NOT EXISTS responses_by_run ON responses (run_id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner     TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    digest    TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    created   REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_object ON idempotency (object_id);
 """
+
+WAL_LIMIT_BYTES = 16 << 20
+"""``journal_size_limit``: what the write-ahead log is cut back to after a checkpoint."""
 
 
 class StoreLocked(RuntimeError):
     """Another process holds this store file."""
+
+
+class StoreError(APIError):
+    """The store could not read or write: the request's envelope (503 or 500)."""
+
+    @classmethod
+    def of(cls, exc: Exception) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError):  # disk full, database locked, I/O error
+            return cls(f"The run store cannot be written now ({exc}); retry later.", status=503,
+                       type="server_error", code="store_unavailable", headers={"Retry-After": "5"})
+        return cls(f"The run store failed: {type(exc).__name__}", status=500, type="server_error",
+                   code="store_error")
+
+    @classmethod
+    def corrupt(cls, what: str, exc: Exception) -> StoreError:
+        return cls(f"A stored record of {what} cannot be read ({type(exc).__name__}).", status=500,
+                   type="server_error", code="store_corrupt")
+
+
+@dataclass(frozen=True)
+class Idempotent:
+    """What an ``Idempotency-Key`` already names: the object it created, and whether the
+    request that did had the same body."""
+
+    object_id: str
+    same_body: bool
 
 
 @dataclass
@@ -126,7 +186,25 @@ class Progress:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON as UTF-8 can hold it: a lone surrogate becomes U+FFFD."""
+    return repaired_json(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _storable(*keys: str) -> bool:
+    """Whether SQLite can look these keys up (a key with a lone surrogate names nothing)."""
+    try:
+        for key in keys:
+            key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StoreError.corrupt(what, exc) from None
 
 
 class Store:
@@ -145,6 +223,7 @@ class Store:
         self._mutex = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -154,14 +233,26 @@ class Store:
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:  # a failed COMMIT (disk full) leaves it open
+                    self._db.execute("ROLLBACK")
+                raise StoreError.of(exc) from exc
             return out
+
+    def _read(self, sql: str, args: tuple) -> list[tuple]:
+        with self._mutex:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError.of(exc) from exc
 
     @staticmethod
     def _append(db: sqlite3.Connection, run_id: str, event: dict[str, Any]) -> int:
@@ -169,19 +260,59 @@ class Store:
         db.execute("INSERT INTO events (run_id, seq, data) VALUES (?, ?, ?)", (run_id, last + 1, _dumps(event)))
         return last + 1
 
+    @staticmethod
+    def _live(db: sqlite3.Connection, run_id: str) -> bool:
+        """Whether the run exists and has not ended: only then may anything be added to it."""
+        row = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row is not None and row[0] not in TERMINAL
+
+    @staticmethod
+    def _logged(db: sqlite3.Connection, run_id: str, event: dict[str, Any]) -> bool:
+        """Whether the log already holds an event of this name (and round, if it has one)."""
+        return db.execute(
+            "SELECT 1 FROM events WHERE run_id = ? AND json_extract(data, '$.event') = ? "
+            "AND json_extract(data, '$.round') IS ?", (run_id, event.get("event"), event.get("round")),
+        ).fetchone() is not None
+
     # ------------------------------------------------------------------------ writes
 
-    def create(self, run_id: str, owner: str, spec: dict[str, Any], first_event: dict[str, Any]) -> None:
+    def create(
+        self, run_id: str, owner: str, spec: dict[str, Any], first_event: dict[str, Any], *,
+        response: dict[str, Any] | None = None, idempotency: tuple[str, str] | None = None,
+    ) -> Idempotent | None:
+        """A new queued run with its first event; with ``response``, the record of the
+        background response it is (same id); with ``idempotency`` (key, body digest), the key,
+        unless the owner used it before: then nothing is written and the earlier object is
+        returned."""
         now = time.time()
 
-        def tx(db: sqlite3.Connection) -> None:
+        def tx(db: sqlite3.Connection) -> Idempotent | None:
+            if idempotency is not None:
+                key, digest = idempotency
+                row = db.execute("SELECT object_id, digest FROM idempotency WHERE owner = ? AND key = ?",
+                                 (owner, key)).fetchone()
+                if row is not None:
+                    return Idempotent(row[0], row[1] == digest)
+                db.execute("INSERT INTO idempotency (owner, key, digest, object_id, created) VALUES (?, ?, ?, ?, ?)",
+                           (owner, key, digest, run_id, now))
             db.execute(
                 "INSERT INTO runs (id, owner, status, created, updated, spec) VALUES (?, ?, 'queued', ?, ?, ?)",
                 (run_id, owner, now, now, _dumps(spec)),
             )
             self._append(db, run_id, first_event)
+            if response is not None:
+                db.execute("INSERT INTO responses (id, owner, created, run_id, data) VALUES (?, ?, ?, ?, ?)",
+                           (run_id, owner, now, run_id, _dumps(response)))
+            return None
 
-        self._tx(tx)
+        return self._tx(tx)
+
+    def idempotent(self, owner: str, key: str, digest: str) -> Idempotent | None:
+        """The object ``key`` of ``owner`` created, if it did."""
+        if not _storable(key):
+            return None
+        rows = self._read("SELECT object_id, digest FROM idempotency WHERE owner = ? AND key = ?", (owner, key))
+        return Idempotent(rows[0][0], rows[0][1] == digest) if rows else None
 
     def set_status(self, run_id: str, status: str, event: dict[str, Any] | None = None) -> int | None:
         """Move a run that has not ended to ``status``; no-op (None) once it ended."""
@@ -198,10 +329,15 @@ class Store:
 
         return self._tx(tx)
 
-    def checkpoint(self, run_id: str, record: NodeRecord, event: dict[str, Any], elapsed_s: float) -> int:
-        """A finished node: its record and its progress event, in one transaction."""
+    def checkpoint(self, run_id: str, record: NodeRecord, event: dict[str, Any], elapsed_s: float,
+                   then: dict[str, Any] | None = None) -> int | None:
+        """A finished node: its record and its progress event (and ``then``, the event it
+        caused, such as its round's ``round_completed``), in one transaction; None (nothing
+        written) once the run ended."""
 
-        def tx(db: sqlite3.Connection) -> int:
+        def tx(db: sqlite3.Connection) -> int | None:
+            if not self._live(db, run_id):
+                return None
             db.execute(
                 "INSERT OR REPLACE INTO nodes (run_id, round, idx, record) VALUES (?, ?, ?, ?)",
                 (run_id, record.round, record.index, _dumps(dataclasses.asdict(record))),
@@ -210,12 +346,24 @@ class Store:
                 "UPDATE runs SET elapsed_s = MAX(elapsed_s, ?), updated = ? WHERE id = ?",
                 (elapsed_s, time.time(), run_id),
             )
-            return self._append(db, run_id, event)
+            seq = self._append(db, run_id, event)
+            if then is not None and not self._logged(db, run_id, then):
+                seq = self._append(db, run_id, then)
+            return seq
 
         return self._tx(tx)
 
-    def append(self, run_id: str, event: dict[str, Any]) -> int:
-        return self._tx(lambda db: self._append(db, run_id, event))
+    def append(self, run_id: str, event: dict[str, Any], *, once: bool = False) -> int | None:
+        """Log a progress event of a run that has not ended (None, nothing written, once it
+        did); ``once``: not if the log holds one of its name (and round) already, as for the
+        ``final_started`` of a run resumed after its final call began."""
+
+        def tx(db: sqlite3.Connection) -> int | None:
+            if not self._live(db, run_id) or (once and self._logged(db, run_id, event)):
+                return None
+            return self._append(db, run_id, event)
+
+        return self._tx(tx)
 
     def finish(
         self, run_id: str, status: str, event: dict[str, Any], *,
@@ -235,6 +383,13 @@ class Store:
 
         return self._tx(tx)
 
+    def quarantine(self, run_id: str, why: str) -> int | None:
+        """End a run whose stored record cannot be read as failed (``store_corrupt``), so the
+        next start-up does not try it again; its rows stay for inspection until they expire."""
+        error = {"error": {"message": f"This run's stored record cannot be read: {why}", "type": "server_error",
+                           "param": None, "code": "store_corrupt"}}
+        return self.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
+
     def put_response(self, response_id: str, owner: str, data: dict[str, Any], run_id: str | None = None) -> None:
         """Keep (or replace) a stored response of ``/v1/responses``."""
         self._tx(lambda db: db.execute(
@@ -251,101 +406,127 @@ class Store:
             if row is None:
                 return False
             db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
+            db.execute("DELETE FROM idempotency WHERE object_id = ?", (response_id,))
             if row[0] is not None:
-                self._delete_runs(db, [row[0]])
+                for table, column in (("nodes", "run_id"), ("events", "run_id"), ("idempotency", "object_id"),
+                                      ("runs", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row[0],))
             return True
 
         return self._tx(tx)
 
-    @staticmethod
-    def _delete_runs(db: sqlite3.Connection, run_ids: list[str]) -> None:
-        for table, column in (("nodes", "run_id"), ("events", "run_id"), ("runs", "id")):
-            db.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(r,) for r in run_ids])
-
     def expire(self, cutoff: float) -> int:
         """Remove runs that ended before ``cutoff`` (unix time) and responses created before it
-        (but not one whose run still runs), with everything they own; returns how many went."""
+        (but not one whose run still runs), with everything they own; returns how many went.
+        Set-wise: a few statements over indexed columns, whatever the batch's size; the
+        write-ahead log is truncated after an expiry that removed anything."""
 
         def tx(db: sqlite3.Connection) -> int:
-            runs = [r for (r,) in db.execute(
-                "SELECT id FROM runs WHERE updated < ? AND status IN ('completed', 'failed', 'cancelled')",
-                (cutoff,),
-            )]
-            responses = [(r, run) for r, run in db.execute(
-                "SELECT id, run_id FROM responses AS r WHERE created < ? AND NOT EXISTS "
-                "(SELECT 1 FROM runs WHERE id = r.run_id AND status IN ('queued', 'running'))", (cutoff,))]
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed_runs (id TEXT PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS doomed_responses (id TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM doomed_runs")
+            db.execute("DELETE FROM doomed_responses")
+            db.execute(
+                "INSERT INTO doomed_runs SELECT id FROM runs WHERE updated < ? "
+                "AND status IN ('completed', 'failed', 'cancelled')", (cutoff,))
+            db.execute(
+                "INSERT OR IGNORE INTO doomed_responses SELECT id FROM responses AS r WHERE created < ? AND NOT EXISTS "
+                "(SELECT 1 FROM runs WHERE id = r.run_id AND status IN ('queued', 'running'))", (cutoff,))
             # A response's run goes with it, and a run's response with its run.
-            runs += [run for _, run in responses if run is not None and run not in runs]
-            db.executemany("DELETE FROM responses WHERE id = ? OR run_id = ?",
-                           [(r, r) for r, _ in responses] + [(r, r) for r in runs])
-            self._delete_runs(db, runs)
-            return len(runs) + len(responses)
+            db.execute("INSERT OR IGNORE INTO doomed_runs SELECT run_id FROM responses "
+                       "WHERE id IN (SELECT id FROM doomed_responses) AND run_id IS NOT NULL")
+            db.execute("INSERT OR IGNORE INTO doomed_responses SELECT id FROM responses "
+                       "WHERE run_id IN (SELECT id FROM doomed_runs)")
+            (runs,) = db.execute("SELECT COUNT(*) FROM runs WHERE id IN (SELECT id FROM doomed_runs)").fetchone()
+            (responses,) = db.execute(
+                "SELECT COUNT(*) FROM responses WHERE id IN (SELECT id FROM doomed_responses)").fetchone()
+            db.execute("DELETE FROM responses WHERE id IN (SELECT id FROM doomed_responses)")
+            for table, column in (("nodes", "run_id"), ("events", "run_id"), ("runs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM doomed_runs)")
+            db.execute("DELETE FROM idempotency WHERE object_id IN (SELECT id FROM doomed_runs) "
+                       "OR object_id IN (SELECT id FROM doomed_responses)")
+            return runs + responses
 
-        return self._tx(tx)
+        removed = self._tx(tx)
+        if removed:
+            self.truncate_wal()
+        return removed
+
+    def truncate_wal(self) -> None:
+        """Copy the write-ahead log into the file and cut it to nothing."""
+        with self._mutex:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError.of(exc) from exc
 
     # ------------------------------------------------------------------------ reads
 
     def get_response(self, response_id: str) -> tuple[str, float, str | None, dict[str, Any]] | None:
         """``(owner, created, run_id, data)`` of a stored response."""
-        with self._mutex:
-            row = self._db.execute(
-                "SELECT owner, created, run_id, data FROM responses WHERE id = ?", (response_id,)
-            ).fetchone()
-        return None if row is None else (row[0], row[1], row[2], json.loads(row[3]))
+        if not _storable(response_id):
+            return None
+        rows = self._read("SELECT owner, created, run_id, data FROM responses WHERE id = ?", (response_id,))
+        if not rows:
+            return None
+        owner, created, run_id, data = rows[0]
+        return owner, created, run_id, _loads(data, f"response {response_id}")
+
+    _RUN_COLUMNS = "id, owner, status, created, updated, spec, result, error, elapsed_s, attempts"
 
     def get(self, run_id: str) -> StoredRun | None:
-        with self._mutex:
-            row = self._db.execute(
-                "SELECT id, owner, status, created, updated, spec, result, error, elapsed_s, attempts "
-                "FROM runs WHERE id = ?", (run_id,),
-            ).fetchone()
-        return None if row is None else self._run(row)
+        if not _storable(run_id):
+            return None
+        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return self._run(rows[0]) if rows else None
 
     @staticmethod
     def _run(row: tuple) -> StoredRun:
+        what = f"run {row[0]}"
         return StoredRun(
             id=row[0], owner=row[1], status=row[2], created=row[3], updated=row[4],
-            spec=json.loads(row[5]),
-            result=None if row[6] is None else json.loads(row[6]),
-            error=None if row[7] is None else json.loads(row[7]),
+            spec=_loads(row[5], what),
+            result=None if row[6] is None else _loads(row[6], what),
+            error=None if row[7] is None else _loads(row[7], what),
             elapsed_s=row[8], attempts=row[9],
         )
 
-    def unfinished(self) -> list[StoredRun]:
-        """Runs that were queued or running when the last server stopped, oldest first."""
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT id, owner, status, created, updated, spec, result, error, elapsed_s, attempts "
-                "FROM runs WHERE status IN ('queued', 'running') ORDER BY created"
-            ).fetchall()
-        return [self._run(r) for r in rows]
+    def unfinished(self) -> tuple[list[StoredRun], list[tuple[str, str]]]:
+        """Runs that were queued or running when the last server stopped, oldest first; and
+        ``(id, why)`` of those among them whose stored row cannot be read (for
+        :meth:`quarantine`), which a start-up sets aside instead of failing on."""
+        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') "
+                          "ORDER BY created", ())
+        runs, bad = [], []
+        for row in rows:
+            try:
+                runs.append(self._run(row))
+            except StoreError as exc:
+                bad.append((row[0], exc.message))
+        return runs, bad
 
     def records(self, run_id: str) -> list[NodeRecord]:
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT record FROM nodes WHERE run_id = ? ORDER BY round, idx", (run_id,)
-            ).fetchall()
-        return [NodeRecord(**json.loads(r[0])) for r in rows]
+        rows = self._read("SELECT record FROM nodes WHERE run_id = ? ORDER BY round, idx", (run_id,))
+        try:
+            return [NodeRecord(**json.loads(r[0])) for r in rows]
+        except (ValueError, TypeError) as exc:
+            raise StoreError.corrupt(f"run {run_id}'s checkpoints", exc) from None
 
     def progress(self, run_id: str) -> Progress:
-        with self._mutex:
-            row = self._db.execute(
-                "SELECT COUNT(*), "
-                "COALESCE(SUM(json_extract(record, '$.prompt_tokens')), 0), "
-                "COALESCE(SUM(json_extract(record, '$.completion_tokens')), 0), "
-                "COALESCE(SUM(json_extract(record, '$.cached_tokens')), 0) "  # absent in older records
-                "FROM nodes WHERE run_id = ?", (run_id,),
-            ).fetchone()
+        (row,) = self._read(
+            "SELECT COUNT(*), "
+            "COALESCE(SUM(json_extract(record, '$.prompt_tokens')), 0), "
+            "COALESCE(SUM(json_extract(record, '$.completion_tokens')), 0), "
+            "COALESCE(SUM(json_extract(record, '$.cached_tokens')), 0) "  # absent in older records
+            "FROM nodes WHERE run_id = ? AND json_valid(record)", (run_id,),  # a corrupt one counts as none
+        )
         return Progress(nodes=row[0], prompt_tokens=row[1], completion_tokens=row[2], reasoning_tokens=row[2],
                         cached_tokens=row[3])
 
     def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT seq, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (run_id, after, limit),
-            ).fetchall()
-        return [(seq, json.loads(data)) for seq, data in rows]
+        rows = self._read("SELECT seq, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                          (run_id, after, limit))
+        return [(seq, _loads(data, f"run {run_id}'s event {seq}")) for seq, data in rows]
 
     def integrity(self) -> str:
         with self._mutex:
