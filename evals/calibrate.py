@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # the rest is imported where used: `mrsa --help` builds this 
     from mrsa.evals.runner import EvalConfig
     from mrsa.rsa import RsaParams
 
-DEFAULT_RUNS = ["rsa:n=4,k=2,t=2", "adaptive_rsa:n=4,k=2,t=2,thr=0.9", "adaptive_rsa:n=4,k=2,t=2,thr=0.95"]
+DEFAULT_RUNS = ["rsa:n=4,k=2,t=2", "adaptive_rsa:n=4,k=2,t=2,thr=0.8", "adaptive_rsa:n=4,k=2,t=2,thr=0.9",
+                "adaptive_rsa:n=4,k=2,t=2,thr=0.95"]
 # The adaptive vote grid read off the pool: first wave, wave, and stop rules (max_population: the
 # pool's levels). Every point is free once the pool holds its samples.
 POPULATIONS, WAVES = (2, 4), (1, 2, 4)
@@ -132,6 +133,7 @@ def calibration_document(points: Sequence[Point], problems: Sequence[str], refer
                      "only": cmp.a_only, "reference_only": cmp.b_only, "p_value": cmp.p_value}})
     partial_points = [p.summary() for p in points if p.name not in by_name]
     return {
+        "held_out": held_out(full, problems, reference, seed),
         "meta": {**meta, "problems": len(problems), "reference": reference, "rule": RULE.format(ref=reference)},
         "budgets": budgets(single, ref),
         "points": rows,
@@ -140,6 +142,27 @@ def calibration_document(points: Sequence[Point], problems: Sequence[str], refer
         "efforts": {level: {**p.summary(), "vs_reference": next(r["vs_reference"] for r in rows if r["name"] == p.name)}
                     for level, p in chosen.items()},
     }
+
+
+def held_out(points: Sequence[Point], problems: Sequence[str], reference: str, seed: int) -> dict:
+    """How much choosing among many points on the same problems flatters the choice: each level
+    chosen on one half of the problems (alternate ones) and measured on the other, both ways."""
+    from mrsa.evals.efforts import choose
+
+    halves = [list(problems[0::2]), list(problems[1::2])]
+    out: dict[str, list[dict]] = {}
+    for pick, judge in (halves, halves[::-1]):
+        on_pick = [p.on(pick) for p in points]
+        named = {p.name: p for p in on_pick}
+        chosen = choose(on_pick, named["single"], named[reference], seed=seed)
+        for level, p in chosen.items():
+            whole = next(q for q in points if q.name == p.name).on(judge)
+            ref = next(q for q in points if q.name == reference).on(judge)
+            out.setdefault(level, []).append({
+                "name": p.name, "chosen_accuracy": p.accuracy, "held_out_accuracy": whole.accuracy,
+                "held_out_tokens_mean": whole.tokens_mean, "held_out_reference_accuracy": ref.accuracy,
+                "held_out_reference_tokens_mean": ref.tokens_mean})
+    return out
 
 
 async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, runs: list[EvalConfig], out: Path,
@@ -213,6 +236,9 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     defaults = {k: v for k, v in given.items() if v is not None}
     base = RsaParams(**defaults)
     runs = [parse_config(s, defaults) for s in (args.runs if args.runs is not None else DEFAULT_RUNS)]
+    names = [c.name for c in runs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two runs are named {sorted(n for n in names if names.count(n) > 1)[0]!r}: give one a name=")
     problems = load_jsonl(args.dataset, limit=args.size or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
