@@ -88,8 +88,11 @@ class ReplicaPool:
             return ready
         # Prefer a replica this trace has not failed on and not in a 429 back-off; then any
         # healthy one; then, when every replica is ejected, any verified one this trace has not
-        # tried yet (it may be back before its next health probe).
-        return ready or fresh or live or [r for r in self.replicas if r.verified and r not in avoid]
+        # tried yet (it may be back before its next health probe). A lone upstream stays a
+        # candidate whatever failed on it: it is a router (or a load balancer) in front of many
+        # engines, which sends the retry to another one; avoiding it would fail the trace.
+        alone = len(self.replicas) == 1
+        return ready or fresh or live or [r for r in self.replicas if r.verified and (alone or r not in avoid)]
 
     def pick(self, avoid: set[Replica]) -> Replica:
         """The least loaded candidate: fewest outstanding requests, ties to the fewest sent."""
