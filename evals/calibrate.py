@@ -76,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memo", metavar="FILE", help="embedded: replay and keep every seeded completion (mrsa eval --memo)")
     p.add_argument("--replay-traces", action="append", default=[], metavar="TRACES",
                    help="embedded: a kept traces.json(.gz) whose later rounds are replayed by seed (memo.py)")
+    p.add_argument("--replay-only", action="store_true",
+                   help="embedded: answer only from --memo and --replay-traces, without loading the model "
+                   "(a sample they lack fails its run); recomputes a calibration from kept samples")
+    p.add_argument("--note", help="provenance in words kept in the preset file (e.g. where replayed samples were made)")
     p.add_argument("--out", required=True, help="folder for pool.json, runs.json, calibration.json, frontier.png")
     p.add_argument("--presets", help="where to write the preset file (default: OUT/presets.json)")
     p.add_argument("--resume", action="store_true", help="continue --out's pool and runs (slices)")
@@ -200,7 +204,7 @@ async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, ru
 
     from mrsa.engine import create_engine, load_tokenizer
     from mrsa.engine.config import EngineConfig
-    from mrsa.evals.memo import MemoEngine, read_traces, seeded_from_traces
+    from mrsa.evals.memo import MemoEngine, ReplayOnlyEngine, read_traces, seeded_from_traces
 
     flags = {"model": args.model, "max_model_len": args.max_model_len, "dtype": args.dtype}
     config = (engine_config or EngineConfig()).model_copy(update={k: v for k, v in flags.items() if v is not None})
@@ -209,11 +213,16 @@ async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, ru
         tokenizer, _ = load_tokenizer(config)
         for path in args.replay_traces:
             seeded.update(seeded_from_traces(read_traces(path), tokenizer, base.temperature))
-    async with create_engine(config, cache_dir) as engine:
+    if args.replay_only:
+        tokenizer, name = load_tokenizer(config)
+        engine_cm: Any = ReplayOnlyEngine(tokenizer, name, config.max_model_len or 32768)
+    else:
+        engine_cm = create_engine(config, cache_dir)
+    async with engine_cm as engine:
         memo = MemoEngine(engine, Path(args.memo) if args.memo else None, seeded=seeded)
         complete, document = await measure(EngineBackend(memo))
-        return engine.model_name, pool, document, {"pool_complete": complete, "memo_hits": memo.hits,
-                                                   "memo_misses": memo.misses}
+        return engine.model_name, pool, document, {"pool_complete": complete, "pool_not_grown": len(pool.failed),
+                                                   "memo_hits": memo.hits, "memo_misses": memo.misses}
 
 
 def _save_runs(out: Path, results: dict) -> None:
@@ -258,7 +267,8 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     measured = [pid for pid in ids if pid in pool.entries]
     meta = {
         "model": model, "dataset": Path(args.dataset).name, "seed": args.seed, "date": started,
-        "wall_s": time.perf_counter() - t0, "machine": machine(), "backend": args.url or "embedded",
+        "wall_s": time.perf_counter() - t0, "machine": machine(),
+        "backend": args.url or ("replay-only (memo)" if args.replay_only else "embedded"),
         "trace": {"trace_max_tokens": base.trace_max_tokens, "temperature": base.temperature, "top_p": base.top_p},
         "levels": args.levels, "pool_sizes": {str(n): sum(len(e.samples) == n for e in entries)
                                                for n in sorted({len(e.samples) for e in entries})},
@@ -267,7 +277,9 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     calibration = calibration_document(points, measured, args.reference, meta, args.seed)
     (out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
     plot_frontier(calibration, out / "frontier.png")
-    provenance = {k: meta[k] for k in ("dataset", "seed", "date", "machine", "trace", "backend")}
+    if args.note:
+        meta["note"] = args.note
+    provenance = {k: meta[k] for k in ("dataset", "seed", "date", "machine", "trace", "backend", "note") if k in meta}
     provenance |= {"problems": len(measured), "rule": calibration["meta"]["rule"],
                    "figures": {level: {"name": c["name"], "accuracy": c["accuracy"], "tokens_mean": c["tokens_mean"]}
                                for level, c in calibration["efforts"].items()}}

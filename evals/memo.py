@@ -35,7 +35,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from mrsa.engine.base import AsyncCloseable, Completion, Engine, GenerationDelta, SamplingParams
+from mrsa.engine.base import AsyncCloseable, Completion, Engine, EngineError, GenerationDelta, SamplingParams
 from mrsa.evals.datasets import Problem
 
 
@@ -129,6 +129,38 @@ class MemoEngine(AsyncCloseable):
     async def aclose(self) -> None:
         """Closes the wrapped engine: the memo owns nothing else (the file is appended per line)."""
         await self.engine.aclose()
+
+
+class ReplayOnlyEngine(AsyncCloseable):
+    """An engine with the model's tokenizer and no model: every request fails. Under a
+    :class:`MemoEngine` it answers exactly what the memo holds, so a calibration or evaluation
+    whose samples were all generated before is recomputed without loading the model (and a
+    request the memo lacks fails its run instead of being generated)."""
+
+    def __init__(self, tokenizer, model_name: str, max_model_len: int = 32768) -> None:
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.served_names = [model_name]
+        self.max_model_len = max_model_len
+        self.requests = 0
+
+    def reasoning_parser(self, prompt_ids: Sequence[int]) -> None:
+        return None
+
+    async def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[GenerationDelta]:
+        self.requests += 1
+        raise EngineError(f"request {request_id} is not in the memo (replay only)")
+        yield  # an async generator
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    def num_in_flight(self) -> int:
+        return 0
+
+    async def aclose(self) -> None:
+        return None
 
 
 def read_traces(path: str | Path) -> dict[str, dict[str, list[dict]]]:

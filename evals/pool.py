@@ -75,6 +75,8 @@ async def sample(backend: Backend, problem: Problem, base: RsaParams, n: int, se
     samples: list[Sample | None] = [None] * n
     async for event in backend.run(problem.messages(), params, f"pool-{problem.id}-{seed}-{n}"):
         if event.get("event") == "node_finished" and event.get("round") == 0:
+            if event.get("status") == "failed":  # an engine error is no sample (the run votes without it)
+                raise RunError(f"problem {problem.id}: sample {event['index']} failed: {event.get('error')}")
             finished = event.get("status", "finished") == "finished"
             tokens = event.get("tokens", 0)
             samples[event["index"]] = Sample(event.get("answer") if finished else None, tokens, finished,
@@ -90,6 +92,7 @@ class Pool:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.entries: dict[str, PoolEntry] = {}
+        self.failed: dict[str, str] = {}  # problem -> why its last growth failed (not retried)
         if path is not None and path.exists():
             for pid, e in json.loads(path.read_text())["entries"].items():
                 self.entries[pid] = PoolEntry(e["problem"], e["gold"], e["seed"], [Sample(**s) for s in e["samples"]])
@@ -105,13 +108,14 @@ class Pool:
         """(problem index, samples wanted) for the next step of growth, most contested first:
         every problem up to ``levels[0]``; then a problem with ``levels[j]`` samples that do not
         all agree up to ``levels[j + 1]``, a level at a time."""
-        todo = [(i, levels[0]) for i, p in enumerate(problems)
-                if len(self.entries.get(p.id, PoolEntry(p.id, p.answer, 0)).samples) < levels[0]]
+        todo = [(i, levels[0]) for i, p in enumerate(problems) if p.id not in self.failed
+                and len(self.entries.get(p.id, PoolEntry(p.id, p.answer, 0)).samples) < levels[0]]
         if todo:
             return todo
         for level, nxt in zip(levels, levels[1:]):
             open_ = [(i, nxt) for i, p in enumerate(problems)
-                     if len(self.entries[p.id].samples) == level and not self.entries[p.id].unanimous()]
+                     if p.id in self.entries and p.id not in self.failed
+                     and len(self.entries[p.id].samples) == level and not self.entries[p.id].unanimous()]
             if open_:
                 open_.sort(key=lambda t: _margin(self.entries[problems[t[0]].id]))
                 return open_
@@ -120,9 +124,10 @@ class Pool:
     async def grow(self, backend: Backend, problems: Sequence[Problem], base: RsaParams, *, seed: int,
                    levels: Sequence[int], deadline: float, concurrency: int = 4,
                    on_grown: Callable[[PoolEntry], None] | None = None) -> bool:
-        """Samples problems as :meth:`wanted` says until nothing is wanted (True) or
+        """Samples problems as :meth:`wanted` says until nothing is wanted (True, if none failed) or
         ``deadline`` (``time.monotonic()``) passes (False): problems still in flight then are
-        cancelled and not recorded (a memoised engine keeps the samples they finished)."""
+        cancelled and not recorded (a memoised engine keeps the samples they finished). A problem
+        whose run fails keeps what it had, its error in :attr:`failed`, and is not retried."""
         gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int, n: int) -> None:
@@ -130,7 +135,11 @@ class Pool:
                 if time.monotonic() >= deadline:
                     return
                 p = problems[i]
-                samples = await sample(backend, p, base, n, run_seed(seed, i))
+                try:
+                    samples = await sample(backend, p, base, n, run_seed(seed, i))
+                except Exception as exc:  # a failed run (engine error): the problem stays as it was
+                    self.failed[p.id] = f"{type(exc).__name__}: {exc}"
+                    return
                 self.entries[p.id] = PoolEntry(p.id, p.answer, run_seed(seed, i), samples)
                 self.save()
                 if on_grown is not None:
@@ -141,11 +150,11 @@ class Pool:
                 while True:
                     todo = self.wanted(problems, levels)
                     if not todo:
-                        return True
+                        return not self.failed
                     await asyncio.gather(*(one(i, n) for i, n in todo))
         except TimeoutError:  # problems in flight are cancelled; their finished samples stay memoised
             pass
-        return not self.wanted(problems, levels)
+        return not self.wanted(problems, levels) and not self.failed
 
 
 def _margin(entry: PoolEntry) -> int:

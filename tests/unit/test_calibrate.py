@@ -242,3 +242,24 @@ async def test_a_served_effort_runs_the_preset_calibration_wrote(tmp_path: Path)
     runs = lambda doc: [{k: r[k] for k in keep} for r in doc["configs"][0]["runs"]]  # noqa: E731
     assert runs(served) == runs(direct)
     assert {r["stop_reason"] for r in runs(direct)} <= {"settled", "max_population"}
+
+
+async def test_replay_only_answers_from_the_memo_and_a_missing_sample_fails_only_its_problem(tmp_path: Path) -> None:
+    from mrsa.evals.memo import MemoEngine, ReplayOnlyEngine
+
+    problems = arithmetic(3, 1, seed=2)
+    path = tmp_path / "memo.jsonl"
+    live = FakeEngine(delay=0.001)
+    first = Pool()
+    await first.grow(EngineBackend(MemoEngine(live, path)), problems, BASE, seed=0, levels=[2, 4],
+                     deadline=time.monotonic() + 60)
+    assert all(len(e.samples) == 2 for e in first.entries.values())  # all agree on "42": no growth
+    replay = ReplayOnlyEngine(live.tokenizer, live.model_name)
+    again = Pool()
+    assert await again.grow(EngineBackend(MemoEngine(replay, path)), problems, BASE, seed=0, levels=[2, 4],
+                            deadline=time.monotonic() + 60)
+    assert again.entries == first.entries and replay.requests == 0
+    more = Pool()
+    assert not await more.grow(EngineBackend(MemoEngine(replay, path)), problems, BASE, seed=0, levels=[3],
+                               deadline=time.monotonic() + 60)
+    assert set(more.failed) == {p.id for p in problems} and more.entries == {}  # the third samples were never made
