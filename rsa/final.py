@@ -5,7 +5,8 @@ failing that the deepest round with any; after consensus it is the unanimous rou
 ``majority`` returns the full text of a pool member holding the most common answer (no engine
 call; with ``final_vote="all"`` the vote counts the finished traces of every round, and a tie goes to
 the deepest round's answer); ``aggregate`` asks the model once more over K members of the pool; ``auto`` votes when
-at least two answers could be extracted (a vote of one says nothing), else aggregates. An empty
+at least two answers could be extracted (a vote of one says nothing), or when some answer was and
+every member without one was cut at its token limit (a cut trace abstains), else aggregates. An empty
 pool (deadline before any trace finished) is answered directly from the plain prompt.
 
 An adaptive run whose stop rule settled a vote answers with that vote, over the traces it
@@ -53,7 +54,11 @@ def final_mode(selection: Selection, pool: Sequence[Node]) -> FinalMode:
         return "direct"
     if selection == "auto":
         extracted = sum(n.answer is not None for n in pool)
-        return "majority" if extracted >= 2 else "aggregate"
+        # A member cut at its token limit without an answer abstains: when every answer-less
+        # member was cut, the finished traces' answers are the whole vote, and aggregating them
+        # with cut text gains nothing (and would itself risk being cut).
+        abstained = all(n.answer is not None or not ended_by_itself(n) for n in pool)
+        return "majority" if extracted >= 2 or (extracted and abstained) else "aggregate"
     return selection
 
 

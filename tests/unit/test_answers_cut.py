@@ -62,3 +62,31 @@ async def test_a_tie_between_a_cut_and_a_finished_trace_goes_to_the_finished_one
     _, result = await collect(RsaRun(engine, MESSAGES, params, run_id="run"))
     assert engine.by_id("run-r0-i0").finish_reason == "length" and result.answers == [["7", "5"]]
     assert result.answer == "5" and result.content == "so \\boxed{5}."
+
+
+async def test_auto_votes_when_the_only_answerless_traces_were_cut() -> None:
+    """The same run with a final aggregation that would itself be cut: ``auto`` must not send one
+    finished answer and one cut trace to a final call, the finished trace's answer is the vote."""
+    cut = len(FakeTokenizer().encode(f"Let me add: 2 + 3 = 5.\n{CUT}"))
+
+    def script(req: FakeRequest) -> str:
+        return f"Aggregating: 2 + 3 = 5.\n{CUT} 5." if req.request_id.endswith("-final") else _cut_at_is(req)
+
+    engine = FakeEngine(script=script)
+    params = RsaParams(population=2, rounds=2, k=2, trace_max_tokens=cut, tail_tokens=96, seed=1)
+    _, result = await collect(RsaRun(engine, MESSAGES, params, run_id="run"))
+    assert result.answers[-1] == [None, "5"] and result.final_mode == "majority"
+    assert not any(r.request_id.endswith("-final") for r in engine.requests)
+    assert result.answer == "5" and result.content == "2 + 3 = 5, so \\boxed{5}."
+
+
+async def test_auto_still_aggregates_when_an_answerless_trace_finished() -> None:
+    def script(req: FakeRequest) -> str:
+        if req.request_id.endswith("-final"):
+            return "\\boxed{5}"
+        return "I am not sure." if req.request_id.endswith("-i0") else "so \\boxed{5}."
+
+    engine = FakeEngine(script=script)
+    params = RsaParams(population=2, rounds=1, k=2, trace_max_tokens=64, tail_tokens=64, seed=1)
+    _, result = await collect(RsaRun(engine, MESSAGES, params, run_id="run"))
+    assert result.answers == [[None, "5"]] and result.final_mode == "aggregate"
