@@ -40,9 +40,13 @@ def plot_frontier(calibration: dict, path: str | Path) -> Path:
     for level, budget in calibration["budgets"].items():
         ax.axvline(budget, color="grey", ls=":", lw=0.8)
         ax.text(budget, ax.get_ylim()[0], f" {level} budget", rotation=90, va="bottom", fontsize=7, color="grey")
+    levels: dict[str, list[str]] = {}  # one label per chosen point, naming every level on it
     for level, choice in calibration["efforts"].items():
-        ax.annotate(f"{level}: {choice['name']}", (choice["tokens_mean"], choice["accuracy"]), fontsize=7,
-                    xytext=(6, -10 if level == "auto" else 6), textcoords="offset points")
+        levels.setdefault(choice["name"], []).append(level)
+    for i, (name, on) in enumerate(levels.items()):
+        choice = calibration["efforts"][on[0]]
+        ax.annotate(f"{', '.join(on)}: {name}", (choice["tokens_mean"], choice["accuracy"]), fontsize=7,
+                    xytext=(6, 6 if i % 2 == 0 else -10), textcoords="offset points")
     meta = calibration["meta"]
     ax.set_xlabel("mean completion tokens per problem")
     ax.set_ylabel("final-answer accuracy")
