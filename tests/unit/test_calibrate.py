@@ -263,3 +263,18 @@ async def test_replay_only_answers_from_the_memo_and_a_missing_sample_fails_only
     assert not await more.grow(EngineBackend(MemoEngine(replay, path)), problems, BASE, seed=0, levels=[3],
                                deadline=time.monotonic() + 60)
     assert set(more.failed) == {p.id for p in problems} and more.entries == {}  # the third samples were never made
+
+
+def test_the_documented_calibrate_command_parses() -> None:
+    """README's mrsa calibrate command: its flags exist and every --run is a configuration."""
+    import re
+    import shlex
+
+    from mrsa.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (command,) = re.findall(r"\.venv/bin/mrsa (calibrate .*?)\n(?!\s)", readme.replace("\\\n", " "), re.S)
+    args = build_parser().parse_args(shlex.split(command))
+    assert args.func.__name__ == "_calibrate" and args.replay_only and args.size == 150
+    configs = [parse_config(spec, {}) for spec in args.runs]
+    assert len({c.name for c in configs}) == len(configs)
