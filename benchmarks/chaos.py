@@ -275,6 +275,15 @@ def _store_runs(store: Path) -> list[tuple[str, str, str]]:
         return list(db.execute("SELECT id, status, spec FROM runs"))
 
 
+def _open_runs(store: Path) -> int:
+    """Runs in the store not ended yet (what a kill cuts)."""
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM runs WHERE status NOT IN ('completed', 'failed', 'cancelled')").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
 def _store_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in store.parent.glob(store.name + "*"))
 
@@ -315,9 +324,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for _ in range(args.kills):
                 time.sleep(random.uniform(args.kill_min_s, args.kill_max_s))
+                open_runs = _open_runs(server.store)
                 engine = server.kill()
                 left = _wait_gone(engine, args.orphan_wait_s) if args.engine == "real" else []
-                kills.append({"at_s": round(time.monotonic() - started, 1), "engine_processes": len(engine),
+                kills.append({"at_s": round(time.monotonic() - started, 1), "open_runs": open_runs,
+                              "engine_processes": len(engine),
                               "left_after_wait": len(left)})
                 for p in left:  # do not let one failure snowball into memory exhaustion
                     p.kill()
@@ -379,6 +390,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reference_completed": sum(1 for f in reference.values() if f["status"] == "completed"),
         "runs_in_store": len(rows),
         "kills": len(kills),
+        "kills_with_open_runs": sum(1 for k in kills if k["open_runs"] > 0),
         "statuses": statuses,
         "lost": len(lost),
         "unsubmitted": len(unsubmitted),
@@ -413,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread-s", type=float, default=8.0, help="clients start within this many seconds")
     parser.add_argument("--population", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--fake-delay", type=float, default=0.05, help="fake engine: seconds between deltas")
+    parser.add_argument("--fake-delay", type=float, default=0.1, help="fake engine: seconds between deltas")
     parser.add_argument("--deadline-s", type=float, default=300, help="per phase: runs not ended by then are stuck")
     parser.add_argument("--orphan-wait-s", type=float, default=30, help="real: wait this long for engine processes to end")
     parser.add_argument("--seed", type=int, default=28)
