@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from mrsa.kernels.cca.reference import CCAParams, _check
+from mrsa.kernels.cca.variants import Geometry
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Prepared:
 
     wdw: Tensor  # [C, K0]
     bdw: Tensor  # [C] (dummy when absent)
-    wg: Tensor  # [C, d, K1]
+    wg: Tensor  # [K1, C, d]: conv_g_weight tap-major, so a tap's [d, d] tile loads in wide rows
     bg: Tensor
     temp: Tensor  # [Hk]
     cos_sin: Tensor  # [max_pos, rotary_dim]
@@ -31,13 +33,33 @@ class Prepared:
     rd: int
     head_scale: float
     norm_eps: float
-    ieee: bool
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(hq=self.hq, hk=self.hk, d=self.d, k0=self.k0, k1=self.k1, rd=self.rd)
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every output buffer of the Triton wrappers comes from here, so tests can swap in a
     NaN-filled allocator and prove each element is written."""
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+_TAP_MAJOR: dict[int, tuple[int, torch.dtype, Tensor]] = {}
+
+
+def tap_major(w: Tensor, dtype: torch.dtype) -> Tensor:
+    """conv_g_weight [C, d, K1] as [K1, C, d] in ``dtype``, made once per weight (and again only if
+    the weight is modified in place): a layer's weights outlive many calls, and the copy would
+    otherwise be an extra kernel launch per layer and step."""
+    hit = _TAP_MAJOR.get(id(w))
+    if hit is not None and hit[0] == w._version and hit[1] == dtype:
+        return hit[2]
+    out = w.to(dtype).permute(2, 0, 1).contiguous()
+    if hit is None:
+        weakref.finalize(w, _TAP_MAJOR.pop, id(w), None)
+    _TAP_MAJOR[id(w)] = (w._version, dtype, out)
+    return out
 
 
 def prepare(q_pre: Tensor, k_pre: Tensor, v_cur: Tensor, v_del: Tensor, p: CCAParams) -> Prepared:
@@ -60,12 +82,12 @@ def prepare(q_pre: Tensor, k_pre: Tensor, v_cur: Tensor, v_del: Tensor, p: CCAPa
     if tuple(p.conv_dw_weight.shape) != (c, 1, k0) or tuple(p.conv_g_weight.shape) != (c, d, k1):
         raise ValueError("conv weights must be [C, 1, t0] and [C, d, t1]")
     wdw = p.conv_dw_weight.to(dtype).reshape(c, k0).contiguous()
-    wg = p.conv_g_weight.to(dtype).contiguous()
+    wg = tap_major(p.conv_g_weight, dtype)
     return Prepared(
         wdw=wdw,
         bdw=wdw if p.conv_dw_bias is None else p.conv_dw_bias.to(dtype).contiguous(),
         wg=wg,
-        bg=wg if p.conv_g_bias is None else p.conv_g_bias.to(dtype).contiguous(),
+        bg=wdw if p.conv_g_bias is None else p.conv_g_bias.to(dtype).contiguous(),
         temp=p.key_temp.to(dtype).contiguous(),
         cos_sin=p.cos_sin_cache.contiguous(),
         has_dw_bias=p.conv_dw_bias is not None,
@@ -78,8 +100,6 @@ def prepare(q_pre: Tensor, k_pre: Tensor, v_cur: Tensor, v_del: Tensor, p: CCAPa
         rd=p.rotary_dim,
         head_scale=d**0.5,
         norm_eps=torch.finfo(dtype).eps,
-        # CPU tensors reach Triton only through its interpreter, whose bf16 dot is broken.
-        ieee=dtype == torch.float32 or q_pre.device.type == "cpu",
     )
 
 

@@ -1,9 +1,11 @@
 """Triton building blocks shared by the CCA prefill and decode kernels.
 
-One program handles a tile of BT token rows and ONE KV-head group g: the group's G query heads
-and its key head. That is the natural unit because the q-k mean skip path mixes exactly those heads,
-the grouped conv has one group per head, and programs of different g touch disjoint channels of the
-conv/value state (which is what makes the decode kernel's in-place state update race-free).
+One program handles a tile of BT token rows and ONE head of a KV-head group g: one of the group's
+G query heads, or its key head together with its value head. The grouped conv has one group per
+head, so programs of different heads touch disjoint channels of the conv state and only the key
+head's program touches the group's value-state channels (which is what makes the decode kernel's
+in-place state update race-free). The q-k mean skip path mixes the group's heads; the key head's
+program reads the group's query rows for it.
 
 Row model used for both kernels: row ``r`` reads its own input row, and ``pis`` ("position in
 sequence") says how many earlier tokens of its sequence precede it in the same input; a tap at
@@ -39,6 +41,8 @@ def _conv_head(
     wg_ptr,
     bg_ptr,
     cols,
+    HQ: tl.constexpr,
+    HK: tl.constexpr,
     D: tl.constexpr,
     K0: tl.constexpr,
     K1: tl.constexpr,
@@ -48,6 +52,7 @@ def _conv_head(
 ):
     """Causal depthwise (K0 taps) then grouped (K1 taps, d x d per head) conv for one head: [BT, d]."""
     S: tl.constexpr = K0 + K1 - 2
+    C: tl.constexpr = (HQ + HK) * D
     acc = tl.zeros((x_rows.shape[0], D), dtype=tl.float32)
     for s in tl.static_range(K1):
         # Depthwise output at time t - (K1 - 1 - s); includes the bias even over zero padding,
@@ -56,19 +61,21 @@ def _conv_head(
         if HAS_DW_BIAS:
             dw += tl.load(bdw_ptr + cb + cols).to(tl.float32)[None, :]
         for a in tl.static_range(K0):
-            o: tl.constexpr = (K1 - 1 - s) + (K0 - 1 - a)
+            o = (K1 - 1 - s) + (K0 - 1 - a)  # static_range indices: a compile-time constant
+            # The tap is an input row or a state row (or zero): two masked loads with disjoint
+            # masks, summed, rather than one load through a selected [BT, d] pointer tile (which
+            # would hold 64-bit pointers per element in registers).
             in_x = row_ok & (pis >= o)
             in_st = st_ok & (pis < o)
-            ptr = tl.where(
-                in_x[:, None],
-                x_rows[:, None] - o * x_stride + cols[None, :],
-                st_rows[:, None] + (S - o + pis)[:, None] * st_stride + cols[None, :],
-            )
-            xo = tl.load(ptr, mask=(in_x | in_st)[:, None], other=0.0).to(tl.float32)
+            xo = tl.load(x_rows[:, None] - o * x_stride + cols[None, :], mask=in_x[:, None], other=0.0).to(tl.float32)
+            xo += tl.load(
+                st_rows[:, None] + (S - o + pis)[:, None] * st_stride + cols[None, :], mask=in_st[:, None], other=0.0
+            ).to(tl.float32)
             w = tl.load(wdw_ptr + (cb + cols) * K0 + a).to(tl.float32)
             dw += xo * w[None, :]
-        # W_s^T as a [d_in, d_out] tile of conv_g_weight [C, d, K1].
-        wt = tl.load(wg_ptr + (cb + cols[None, :]) * (D * K1) + cols[:, None] * K1 + s)
+        # W_s^T as a [d_in, d_out] tile: the [d_out, d_in] rows of tap s in the tap-major
+        # [K1, C, d] weight (_args.tap_major), transposed for the dot.
+        wt = tl.trans(tl.load(wg_ptr + (s * C + cb + cols[:, None]) * D + cols[None, :]))
         if IEEE:
             # fp32 inputs, or the interpreter (whose bf16 dot is broken): round the operand to the
             # weight dtype like the tensor-core path, then an exact fp32 dot.
@@ -115,6 +122,7 @@ def _cca_tile(
     conv_st_rows,  # [BT] element offset of the row's conv-state block [S, C]
     v_st_rows,  # [BT] element offset of the row's value-state row [Hk*d/2]
     g,  # KV-head group
+    j,  # head in the group: j < G is query head g*G + j, j == G the group's key head (and value head)
     q_pre_ptr, sq, k_pre_ptr, sk, v_cur_ptr, svc, v_del_ptr, svd,
     conv_st_ptr, st_stride, v_st_ptr,
     wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, temp_ptr, cs_ptr,
@@ -126,8 +134,13 @@ def _cca_tile(
     HAS_DW_BIAS: tl.constexpr, HAS_G_BIAS: tl.constexpr, IEEE: tl.constexpr,
     UPDATE_STATE: tl.constexpr,
 ):
-    """q/k/v for a tile of rows and one KV group; with UPDATE_STATE (decode) also shifts this
-    group's channels of the conv/value state by one token, in place, after reading them."""
+    """q (j < G) or k and v (j == G) for a tile of rows and one head of group g; with UPDATE_STATE
+    (decode) also shifts this head's channels of the conv state (and, for j == G, the group's value
+    state channels) by one token, in place, after reading them.
+
+    One head per program keeps one [BT, d] conv accumulator live at a time (the whole group in one
+    program spilled on sm_90). The key's skip term, the group mean of (q_pre + k_pre) / 2, re-reads
+    the group's G query rows instead of carrying a sum across heads."""
     G: tl.constexpr = HQ // HK
     S: tl.constexpr = K0 + K1 - 2
     HALF: tl.constexpr = RD // 2
@@ -136,68 +149,67 @@ def _cca_tile(
     cols = tl.arange(0, D)
     m2 = row_ok[:, None]
     r64 = rows.to(tl.int64)
+    is_q = j < G
+    h = g * G + j  # the query head, when is_q
+
+    cb = tl.where(is_q, h * D, HQ * D + g * D)  # the head's first channel in C
+    xs = tl.where(is_q, sq, sk)
+    x_rows = tl.where(is_q, q_pre_ptr + h * D, k_pre_ptr + g * D) + r64 * xs
+    st_rows = conv_st_ptr + conv_st_rows + cb
+    conv = _conv_head(
+        x_rows, xs, st_rows, st_stride, pis, row_ok, st_ok, cb,
+        wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, cols, HQ, HK, D, K0, K1, HAS_DW_BIAS, HAS_G_BIAS, IEEE,
+    )
+    kp = tl.load(k_pre_ptr + r64[:, None] * sk + g * D + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    if is_q:
+        # q = conv + (q_pre + k_pre[group]) / 2
+        skip = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        y = _l2norm(conv + (skip + kp) * 0.5, head_scale, norm_eps)
+    else:
+        # k = conv + mean over the group's query heads of (q_pre + k_pre) / 2
+        skip = tl.zeros((BT, D), dtype=tl.float32)
+        for i in range(G):
+            skip += tl.load(
+                q_pre_ptr + r64[:, None] * sq + (g * G + i) * D + cols[None, :], mask=m2, other=0.0
+            ).to(tl.float32)
+        y = _l2norm(conv + (skip / G + kp) * 0.5, head_scale, norm_eps)
+        y = y * tl.load(temp_ptr + g).to(tl.float32)
 
     jh = tl.arange(0, HALF)
     cos = tl.load(cs_ptr + pos[:, None] * RD + jh[None, :], mask=m2, other=0.0).to(tl.float32)
     sin = tl.load(cs_ptr + pos[:, None] * RD + HALF + jh[None, :], mask=m2, other=0.0).to(tl.float32)
-
-    kcb = HQ * D + g * D
-    k_rows = k_pre_ptr + r64 * sk + g * D
-    kp = tl.load(k_rows[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    ksum = tl.zeros((BT, D), dtype=tl.float32)
-    for i in tl.static_range(G + 1):
-        if i < G:
-            h = g * G + i
-            cb = h * D
-            x_rows = q_pre_ptr + r64 * sq + h * D
-            xs = sq
-        else:
-            cb = kcb
-            x_rows = k_rows
-            xs = sk
-        st_rows = conv_st_ptr + conv_st_rows + cb
-        conv = _conv_head(
-            x_rows, xs, st_rows, st_stride, pis, row_ok, st_ok, cb,
-            wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, cols, D, K0, K1, HAS_DW_BIAS, HAS_G_BIAS, IEEE,
-        )
-        if i < G:
-            # q = conv + (q_pre + k_pre[group]) / 2; the key's skip term is the group mean of these.
-            qp = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            res = (qp + kp) * 0.5
-            ksum += res
-            y = _l2norm(conv + res, head_scale, norm_eps)
-            y = _rope(y, cos, sin, BT, D, HALF, PARTIAL)
-            tl.store(q_out_ptr + (r64 * HQ + h)[:, None] * D + cols[None, :], y.to(q_out_ptr.dtype.element_ty), mask=m2)
-        else:
-            y = _l2norm(conv + ksum / G, head_scale, norm_eps)
-            y = y * tl.load(temp_ptr + g).to(tl.float32)
-            y = _rope(y, cos, sin, BT, D, HALF, PARTIAL)
-            tl.store(k_out_ptr + (r64 * HK + g)[:, None] * D + cols[None, :], y.to(k_out_ptr.dtype.element_ty), mask=m2)
-        if UPDATE_STATE:
-            # new_state[s] = old_state[s + 1] (s < S - 1), new_state[S - 1] = this token. The taps
-            # above were read before the first barrier; every row is read before it is rewritten.
-            wm = (row_ok & st_ok)[:, None]
-            for s in tl.static_range(S - 1):
-                old = tl.load(st_rows[:, None] + (s + 1) * st_stride + cols[None, :], mask=wm, other=0.0)
-                tl.debug_barrier()
-                tl.store(st_rows[:, None] + s * st_stride + cols[None, :], old, mask=wm)
-            cur = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0)
-            tl.debug_barrier()
-            tl.store(st_rows[:, None] + (S - 1) * st_stride + cols[None, :], cur.to(conv_st_ptr.dtype.element_ty), mask=wm)
-
-    # v = cat([v_cur, v_delayed], -1).view(Hk, d): head g covers flat channels g*d .. g*d + d - 1.
-    c = g * D + cols
-    is_cur = c < VH
-    cd = c - VH  # channel in the delayed half
-    cur = tl.load(v_cur_ptr + r64[:, None] * svc + c[None, :], mask=m2 & is_cur[None, :], other=0.0)
-    from_prev = (pis >= 1)[:, None] & m2 & ~is_cur[None, :]
-    from_st = (pis < 1)[:, None] & (row_ok & st_ok)[:, None] & ~is_cur[None, :]
-    dptr = tl.where(from_prev, v_del_ptr + (r64 - 1)[:, None] * svd + cd[None, :], v_st_ptr + v_st_rows[:, None] + cd[None, :])
-    dl = tl.load(dptr, mask=from_prev | from_st, other=0.0)
-    v = tl.where(is_cur[None, :], cur, dl.to(cur.dtype))
-    tl.store(v_out_ptr + (r64 * HK + g)[:, None] * D + cols[None, :], v.to(v_out_ptr.dtype.element_ty), mask=m2)
+    y = _rope(y, cos, sin, BT, D, HALF, PARTIAL)
+    out_rows = tl.where(is_q, q_out_ptr + (r64 * HQ + h) * D, k_out_ptr + (r64 * HK + g) * D)
+    tl.store(out_rows[:, None] + cols[None, :], y.to(q_out_ptr.dtype.element_ty), mask=m2)
     if UPDATE_STATE:
-        # This group rewrites exactly the value-state channels it read above.
-        nv = tl.load(v_del_ptr + r64[:, None] * svd + cd[None, :], mask=m2 & ~is_cur[None, :], other=0.0)
+        # new_state[s] = old_state[s + 1] (s < S - 1), new_state[S - 1] = this token. The taps
+        # above were read before the first barrier; every row is read before it is rewritten.
+        wm = (row_ok & st_ok)[:, None]
+        for s in tl.static_range(S - 1):
+            old = tl.load(st_rows[:, None] + (s + 1) * st_stride + cols[None, :], mask=wm, other=0.0)
+            tl.debug_barrier()
+            tl.store(st_rows[:, None] + s * st_stride + cols[None, :], old, mask=wm)
+        cur = tl.load(x_rows[:, None] + cols[None, :], mask=m2, other=0.0)
         tl.debug_barrier()
-        tl.store(v_st_ptr + v_st_rows[:, None] + cd[None, :], nv.to(v_st_ptr.dtype.element_ty), mask=(row_ok & st_ok)[:, None] & ~is_cur[None, :])
+        tl.store(st_rows[:, None] + (S - 1) * st_stride + cols[None, :], cur.to(conv_st_ptr.dtype.element_ty), mask=wm)
+
+    if j == G:
+        # v = cat([v_cur, v_delayed], -1).view(Hk, d): head g covers flat channels g*d .. g*d + d - 1.
+        c = g * D + cols
+        is_cur = c < VH
+        cd = c - VH  # channel in the delayed half
+        cur_v = tl.load(v_cur_ptr + r64[:, None] * svc + c[None, :], mask=m2 & is_cur[None, :], other=0.0)
+        from_prev = (pis >= 1)[:, None] & m2 & ~is_cur[None, :]
+        from_st = (pis < 1)[:, None] & (row_ok & st_ok)[:, None] & ~is_cur[None, :]
+        dl = tl.load(v_del_ptr + (r64 - 1)[:, None] * svd + cd[None, :], mask=from_prev, other=0.0)
+        dl += tl.load(v_st_ptr + v_st_rows[:, None] + cd[None, :], mask=from_st, other=0.0).to(dl.dtype)
+        v = tl.where(is_cur[None, :], cur_v, dl.to(cur_v.dtype))
+        tl.store(v_out_ptr + (r64 * HK + g)[:, None] * D + cols[None, :], v.to(v_out_ptr.dtype.element_ty), mask=m2)
+        if UPDATE_STATE:
+            # This group rewrites exactly the value-state channels it read above.
+            nv = tl.load(v_del_ptr + r64[:, None] * svd + cd[None, :], mask=m2 & ~is_cur[None, :], other=0.0)
+            tl.debug_barrier()
+            tl.store(
+                v_st_ptr + v_st_rows[:, None] + cd[None, :], nv.to(v_st_ptr.dtype.element_ty),
+                mask=(row_ok & st_ok)[:, None] & ~is_cur[None, :],
+            )

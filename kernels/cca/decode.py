@@ -4,9 +4,10 @@ Per request it reads the conv state (last S raw q/k projection rows) and the del
 from the request's slot, computes q/k/v exactly as prefill does for a token with S tokens of
 history, and shifts both states by one token in place - one launch, no gather/scatter copies.
 
-Grid: (cdiv(N, 16), Hk). 16 requests share a tile so the grouped conv stays a tensor-core dot
-([16, d] x [d, d]) and each program reads the group's conv weights once for 16 requests.
-In-place safety: programs of different KV groups own disjoint state channels, requests own
+Grid: (cdiv(N, 16), Hk * (G + 1)), one program per head (see _tile.py). 16 requests share a tile
+so the grouped conv stays a tensor-core dot ([16, d] x [d, d]) and each program reads its head's
+conv weights once for 16 requests.
+In-place safety: programs of different heads own disjoint state channels, requests own
 distinct slots, and inside a program every state row is read before a barrier that precedes its
 rewrite.
 """
@@ -21,8 +22,7 @@ from mrsa.kernels.cca import _args
 from mrsa.kernels.cca._args import check_state, prepare
 from mrsa.kernels.cca._tile import _cca_tile
 from mrsa.kernels.cca.reference import CCADecodeOut, CCAParams
-
-_BLOCK_REQUESTS = 16
+from mrsa.kernels.cca.variants import Variant, launch
 
 
 @triton.jit
@@ -37,7 +37,9 @@ def _cca_decode_kernel(
     RD: tl.constexpr, BT: tl.constexpr,
     HAS_DW_BIAS: tl.constexpr, HAS_G_BIAS: tl.constexpr, IEEE: tl.constexpr,
 ):
-    g = tl.program_id(1)
+    G: tl.constexpr = HQ // HK
+    g = tl.program_id(1) // (G + 1)
+    j = tl.program_id(1) % (G + 1)
     rows = tl.program_id(0) * BT + tl.arange(0, BT)
     row_ok = rows < N
     slot = tl.load(slot_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
@@ -45,7 +47,7 @@ def _cca_decode_kernel(
     pos = tl.load(pos_ptr + rows, mask=row_ok, other=0)
     pis = tl.zeros((BT,), dtype=tl.int32)  # every earlier token comes from the state
     _cca_tile(
-        rows, row_ok, pis, pos, st_ok, slot * conv_sb, slot * v_sb, g,
+        rows, row_ok, pis, pos, st_ok, slot * conv_sb, slot * v_sb, g, j,
         q_pre_ptr, sq, k_pre_ptr, sk, v_cur_ptr, svc, v_del_ptr, svd,
         conv_st_ptr, conv_ss, v_st_ptr,
         wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, temp_ptr, cs_ptr,
@@ -88,15 +90,14 @@ def cca_decode(
     v = _args.empty((n, pp.hk, pp.d), v_cur.dtype, dev)
     if n == 0:
         return CCADecodeOut(q, k, v)
-    _cca_decode_kernel[(triton.cdiv(n, _BLOCK_REQUESTS), pp.hk)](
+    cfg = launch(Variant("decode", pp.geometry, dtype, pp.has_dw_bias, pp.has_g_bias, True), dev.type)
+    _cca_decode_kernel[(triton.cdiv(n, cfg.block_rows), pp.hk * (pp.hq // pp.hk + 1))](
         q_pre, q_pre.stride(0), k_pre, k_pre.stride(0), v_cur, v_cur.stride(0), v_del, v_del.stride(0),
         positions, slot_idx,
         conv_state, conv_state.stride(0), conv_state.stride(1), v_state, v_state.stride(0),
         pp.wdw, pp.bdw, pp.wg, pp.bg, pp.temp, pp.cos_sin,
         q, k, v,
         n, pp.head_scale, pp.norm_eps,
-        HQ=pp.hq, HK=pp.hk, D=pp.d, K0=pp.k0, K1=pp.k1, RD=pp.rd, BT=_BLOCK_REQUESTS,
-        HAS_DW_BIAS=pp.has_dw_bias, HAS_G_BIAS=pp.has_g_bias, IEEE=pp.ieee,
-        num_warps=8 if pp.d >= 128 else 4,
+        **cfg.kwargs(),
     )
     return CCADecodeOut(q, k, v)

@@ -5,7 +5,8 @@ norm to sqrt(d), the key temperature, partial neox RoPE and the value shift, and
 for causal GQA attention. The same launch also writes each sequence's final conv/value states
 (extra programs past the token tiles), so chunked prefill and decode continue from them.
 
-Grid: (token tiles + B, Hk). A token finds its sequence by a binary search in ``cu_seqlens`` inside
+Grid: (token tiles + B, Hk * (G + 1)): per tile, one program per query head and one per key head
+(with the value head). A token finds its sequence by a binary search in ``cu_seqlens`` inside
 the kernel, so there is no host sync and no per-token sequence-id tensor to build.
 """
 
@@ -20,6 +21,7 @@ from mrsa.kernels.cca import _args
 from mrsa.kernels.cca._args import check_state, prepare
 from mrsa.kernels.cca._tile import _cca_tile
 from mrsa.kernels.cca.reference import CCAParams, CCAPrefillOut
+from mrsa.kernels.cca.variants import Variant, launch
 
 
 @triton.jit
@@ -35,8 +37,9 @@ def _cca_prefill_kernel(
     HAS_DW_BIAS: tl.constexpr, HAS_G_BIAS: tl.constexpr, IEEE: tl.constexpr, HAS_INIT: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    g = tl.program_id(1)
     G: tl.constexpr = HQ // HK
+    g = tl.program_id(1) // (G + 1)
+    j = tl.program_id(1) % (G + 1)
     S: tl.constexpr = K0 + K1 - 2
     C: tl.constexpr = (HQ + HK) * D
     VH: tl.constexpr = HK * D // 2
@@ -59,7 +62,7 @@ def _cca_prefill_kernel(
             st_ok = tl.zeros((BT,), dtype=tl.int1)
         seq64 = lo.to(tl.int64)
         _cca_tile(
-            rows, row_ok, pis, pos, st_ok, seq64 * init_conv_sb, seq64 * init_v_sb, g,
+            rows, row_ok, pis, pos, st_ok, seq64 * init_conv_sb, seq64 * init_v_sb, g, j,
             q_pre_ptr, sq, k_pre_ptr, sk, v_cur_ptr, svc, v_del_ptr, svd,
             init_conv_ptr, init_conv_ss, init_v_ptr,
             wdw_ptr, bdw_ptr, wg_ptr, bg_ptr, temp_ptr, cs_ptr,
@@ -68,45 +71,33 @@ def _cca_prefill_kernel(
             HQ, HK, D, K0, K1, RD, BT, HAS_DW_BIAS, HAS_G_BIAS, IEEE, False,
         )
     else:
-        # Final states of sequence b, this group's channels: the last S rows of [init_state; tokens].
+        # Final states of sequence b, this head's channels: the last S rows of [init_state; tokens].
         b = pid - n_tiles
         start = tl.load(cu_ptr + b)
         L = tl.load(cu_ptr + b + 1) - start
         cols = tl.arange(0, D)
         b64 = b.to(tl.int64)
-        for i in tl.static_range(G + 1):
-            if i < G:
-                cb = (g * G + i) * D
-                x_base = q_pre_ptr + cb
-                xs = sq
-            else:
-                cb = HQ * D + g * D
-                x_base = k_pre_ptr + g * D
-                xs = sk
-            for s in tl.static_range(S):
-                j = L + s + 0 * cols  # index into [init_state (S rows); tokens (L rows)], per lane
-                from_x = j >= S
-                ptr = tl.where(
-                    from_x,
-                    x_base + (start + j - S).to(tl.int64) * xs + cols,
-                    init_conv_ptr + b64 * init_conv_sb + j * init_conv_ss + cb + cols,
-                )
-                if HAS_INIT:
-                    val = tl.load(ptr)
-                else:
-                    val = tl.load(ptr, mask=from_x, other=0.0)
-                tl.store(fin_conv_ptr + (b64 * S + s) * C + cb + cols, val.to(fin_conv_ptr.dtype.element_ty))
-        # Value state: v_del of the last token; the group owns the delayed channels its v head reads.
-        c = g * D + cols
-        own = c >= VH
-        cd = c - VH
-        from_x = (L + 0 * cols) > 0
-        ptr = tl.where(from_x, v_del_ptr + (start + L - 1).to(tl.int64) * svd + cd, init_v_ptr + b64 * init_v_sb + cd)
-        if HAS_INIT:
-            val = tl.load(ptr, mask=own, other=0.0)
-        else:
-            val = tl.load(ptr, mask=own & from_x, other=0.0)
-        tl.store(fin_v_ptr + b64 * VH + cd, val.to(fin_v_ptr.dtype.element_ty), mask=own)
+        is_q = j < G
+        cb = tl.where(is_q, (g * G + j) * D, HQ * D + g * D)
+        x_base = tl.where(is_q, q_pre_ptr + cb, k_pre_ptr + g * D)
+        xs = tl.where(is_q, sq, sk)
+        for s in tl.static_range(S):
+            r = L + s  # index into [init_state (S rows); tokens (L rows)]
+            from_x = (r + 0 * cols) >= S
+            val = tl.load(x_base + (start + r - S).to(tl.int64) * xs + cols, mask=from_x, other=0.0)
+            if HAS_INIT:
+                val += tl.load(init_conv_ptr + b64 * init_conv_sb + r * init_conv_ss + cb + cols, mask=~from_x, other=0.0)
+            tl.store(fin_conv_ptr + (b64 * S + s) * C + cb + cols, val.to(fin_conv_ptr.dtype.element_ty))
+        if j == G:
+            # Value state: v_del of the last token; the group owns the delayed channels its v head reads.
+            c = g * D + cols
+            own = c >= VH
+            cd = c - VH
+            from_x = (L + 0 * cols) > 0
+            val = tl.load(v_del_ptr + (start + L - 1).to(tl.int64) * svd + cd, mask=own & from_x, other=0.0)
+            if HAS_INIT:
+                val += tl.load(init_v_ptr + b64 * init_v_sb + cd, mask=own & ~from_x, other=0.0).to(val.dtype)
+            tl.store(fin_v_ptr + b64 * VH + cd, val.to(fin_v_ptr.dtype.element_ty), mask=own)
 
 
 def cca_prefill(
@@ -148,19 +139,15 @@ def cca_prefill(
         return CCAPrefillOut(q, k, v, fin_conv, fin_v)
     init_conv = conv_state if has_init else fin_conv
     init_v = v_state if has_init else fin_v
-    bt = 64 if dev.type == "cuda" else 32
-    if T <= 16:
-        bt = 16
-    n_tiles = triton.cdiv(T, bt)
-    _cca_prefill_kernel[(n_tiles + B, pp.hk)](
+    cfg = launch(Variant("prefill", pp.geometry, dtype, pp.has_dw_bias, pp.has_g_bias, has_init), dev.type)
+    n_tiles = triton.cdiv(T, cfg.block_rows)
+    _cca_prefill_kernel[(n_tiles + B, pp.hk * (pp.hq // pp.hk + 1))](
         q_pre, q_pre.stride(0), k_pre, k_pre.stride(0), v_cur, v_cur.stride(0), v_del, v_del.stride(0),
         cu_seqlens, positions,
         init_conv, init_conv.stride(0), init_conv.stride(1), init_v, init_v.stride(0),
         pp.wdw, pp.bdw, pp.wg, pp.bg, pp.temp, pp.cos_sin,
         q, k, v, fin_conv, fin_v,
         T, B, n_tiles, max(B - 1, 1).bit_length(), pp.head_scale, pp.norm_eps,
-        HQ=pp.hq, HK=pp.hk, D=pp.d, K0=pp.k0, K1=pp.k1, RD=pp.rd, BT=bt,
-        HAS_DW_BIAS=pp.has_dw_bias, HAS_G_BIAS=pp.has_g_bias, IEEE=pp.ieee, HAS_INIT=has_init,
-        num_warps=8 if pp.d >= 128 else 4,
+        **cfg.kwargs(),
     )
     return CCAPrefillOut(q, k, v, fin_conv, fin_v)
