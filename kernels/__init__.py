@@ -1,7 +1,7 @@
 """markovian-rsa's Triton kernels (CCA for ZAYA1), each beside its plain PyTorch reference.
 
 Installed as ``mrsa.kernels``; not Hugging Face's ``kernels`` library, which transformers
-imports when it is installed (tests/unit/test_names.py).
+imports when it is installed (tests/packaging/test_names.py).
 """
 
 if __name__ == "kernels":  # this folder, found under the bare name from a checkout's root

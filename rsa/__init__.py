@@ -2,7 +2,7 @@
 
 Pure and deterministic given a seed; imports nothing but the engine protocol
 (:mod:`mrsa.engine.base`), so it runs against a fake engine in milliseconds. Installed as
-``mrsa.rsa``; not PyPI's ``rsa`` (tests/unit/test_names.py).
+``mrsa.rsa``; not PyPI's ``rsa`` (tests/packaging/test_names.py).
 """
 
 if __name__ == "rsa":  # this folder, found under the bare name from a checkout's root
