@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memo", metavar="FILE",
                    help="embedded: keep every seeded completion in FILE (JSON lines) and replay it in later "
                    "evaluations of the same model, so a changed aggregation prompt regenerates only what it changes")
+    p.add_argument("--replay-only", action="store_true",
+                   help="embedded: answer only from --memo, without loading the model (a request it lacks "
+                   "fails its run): re-evaluates configurations whose samples were all generated before")
     p.add_argument("--keep-traces", action="store_true",
                    help="embedded: also write traces.json (every call's text, tail, parents, answer)")
 
@@ -74,7 +77,15 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
     flags = {"model": args.model, "max_model_len": args.max_model_len,
              "gpu_memory_utilization": args.gpu_memory_utilization, "dtype": args.dtype}
     config = (engine or EngineConfig()).model_copy(update={k: v for k, v in flags.items() if v is not None})
-    async with create_engine(config, cache_dir) as engine:
+    if getattr(args, "replay_only", False):
+        from mrsa.engine import load_tokenizer
+        from mrsa.evals.memo import ReplayOnlyEngine
+
+        tokenizer, name = load_tokenizer(config)
+        engine_cm: Any = ReplayOnlyEngine(tokenizer, name, config.max_model_len or 32768)
+    else:
+        engine_cm = create_engine(config, cache_dir)
+    async with engine_cm as engine:
         memo = MemoEngine(engine, Path(args.memo) if args.memo else None)
         backend = EngineBackend(memo, keep_traces=args.keep_traces)
         return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,

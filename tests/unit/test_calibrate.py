@@ -278,3 +278,25 @@ def test_the_documented_calibrate_command_parses() -> None:
     assert args.func.__name__ == "_calibrate" and args.replay_only and args.size == 150
     configs = [parse_config(spec, {}) for spec in args.runs]
     assert len({c.name for c in configs}) == len(configs)
+
+
+def test_mrsa_eval_replay_only_answers_from_the_memo_without_a_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mrsa.engine as engine_pkg
+    from mrsa.cli import main
+
+    live = FakeEngine(answer=lambda r: "42" if r.rng().random() < 0.6 else "41", delay=0.001)
+    monkeypatch.setattr(engine_pkg, "create_engine", lambda config, cache_dir=None: live)
+    memo = tmp_path / "memo.jsonl"
+    flags = ["eval", "--size", "4", "--config", "majority:n=4", "--config", "adaptive_vote:n=2,wave=1,maxn=4,thr=0.7",
+             "--tail-tokens", "16", "--trace-max-tokens", "64", "--memo", str(memo)]
+    assert main([*flags, "--out", str(tmp_path / "live")]) == 0
+
+    def no_model(config, cache_dir=None):
+        raise AssertionError("replay-only must not load the model")
+
+    monkeypatch.setattr(engine_pkg, "create_engine", no_model)
+    monkeypatch.setattr(engine_pkg, "load_tokenizer", lambda config: (live.tokenizer, live.model_name))
+    assert main([*flags, "--replay-only", "--out", str(tmp_path / "replayed")]) == 0
+    runs = lambda name: [[{k: v for k, v in r.items() if k != "wall_s"} for r in c["runs"]]  # noqa: E731
+                         for c in json.loads((tmp_path / name / "results.json").read_text())["configs"]]
+    assert runs("replayed") == runs("live")
