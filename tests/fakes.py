@@ -30,6 +30,7 @@ import hashlib
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -280,6 +281,22 @@ class FakeEngine(AsyncCloseable):
         """Tokens generated over every request (what a budget must bound)."""
         return sum(r.completion_tokens for r in self.requests)
 
+
+
+@dataclass
+class CountingEngine(FakeEngine):
+    """The fake engine, counting the tokens each request has delivered so far: a test waits for
+    what the traces did instead of sleeping for a guess of how long it takes."""
+
+    delivered: dict[str, int] = field(default_factory=dict)
+
+    async def generate(
+        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        async with aclosing(FakeEngine.generate(self, prompt_ids, params, request_id)) as deltas:
+            async for delta in deltas:
+                self.delivered[request_id] = self.delivered.get(request_id, 0) + len(delta.token_ids)
+                yield delta
 
 async def collect(run: object) -> tuple[list[object], object]:
     """Drain ``run.events()`` (an :class:`rsa.RsaRun`); returns (events, the RsaResult)."""

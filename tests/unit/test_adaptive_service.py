@@ -14,7 +14,7 @@ from mrsa.service import presets as presets_module
 from mrsa.service.presets import PresetFile
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, serving, submit, wait_status
+from tests.serving import QUESTION, serving, submit, wait_status
 
 VOTE = {"method": "adaptive_vote", "population": 4, "wave": 4, "max_population": 12, "seed": 3,
         "trace_max_tokens": 64, "tail_tokens": 16}

@@ -9,7 +9,7 @@ import pytest
 
 from mrsa.service.admission import Admission, Overloaded
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, RSA, serving, submit, wait_status
+from tests.serving import QUESTION, RSA, serving, submit, wait_status
 
 
 async def test_slots_then_queue_then_refusal() -> None:

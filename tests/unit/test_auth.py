@@ -9,7 +9,7 @@ import pytest
 
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, RSA, serving
+from tests.serving import QUESTION, RSA, serving
 
 KEYS = "alpha-key-1,beta-key-2"
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, serving
+from tests.serving import QUESTION, serving
 
 BODIES = {
     "/v1/chat/completions": {"model": "fake-model", "messages": QUESTION},

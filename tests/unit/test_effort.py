@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from mrsa.service.settings import EFFORT_PRESETS, Settings
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, serving
+from tests.serving import QUESTION, serving
 
 BODY = {"model": "fake-model", "messages": QUESTION, "max_tokens": 16}
 

@@ -13,7 +13,7 @@ import pytest
 
 from mrsa.service.json_body import MAX_DEPTH
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, RSA, serving, submit, wait_status
+from tests.serving import QUESTION, RSA, serving, submit, wait_status
 
 SMALL = {"population": 2, "k": 2, "rounds": 1, "tail_tokens": 8, "trace_max_tokens": 24, "seed": 3}
 

@@ -11,7 +11,7 @@ import httpx
 
 from mrsa.service.runs.store import Store
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, serving, wait_status
+from tests.serving import QUESTION, serving, wait_status
 
 SMALL = {"population": 2, "k": 2, "rounds": 1, "tail_tokens": 8, "trace_max_tokens": 24, "seed": 3}
 RUN = {"model": "fake-model", "messages": QUESTION, "rsa": SMALL}

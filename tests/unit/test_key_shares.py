@@ -9,7 +9,7 @@ import pytest
 
 from mrsa.service.admission import Admission, Overloaded
 from tests.fakes import FakeEngine
-from tests.unit.test_store import QUESTION, serving
+from tests.serving import QUESTION, serving
 
 SMALL = {"population": 2, "k": 2, "rounds": 1, "tail_tokens": 8, "trace_max_tokens": 24, "seed": 3}
 

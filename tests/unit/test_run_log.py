@@ -19,7 +19,9 @@ from mrsa.service.admission import Admission
 from mrsa.service.runs import RunManager
 from mrsa.service.runs.store import Store
 from tests.fakes import FakeEngine
-from tests.unit.test_store import ROOT, serving, submit, wait_status
+from tests.serving import serving, submit, wait_status
+
+ROOT = Path(__file__).resolve().parents[2]
 
 RSA = {"population": 3, "k": 2, "rounds": 3, "tail_tokens": 8, "trace_max_tokens": 24, "seed": 9,
        "selection": "aggregate"}

@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import aclosing
-from dataclasses import dataclass, field
 
 import pytest
 
-from mrsa.engine.base import EngineError, GenerationDelta, SamplingParams
+from mrsa.engine.base import EngineError
 from mrsa.rsa import FinalDelta, NodeFinished, NodeStarted, RsaParams, RsaRun
 from mrsa.rsa.events import RunFailed
-from tests.fakes import FakeEngine, collect
+from tests.fakes import CountingEngine, FakeEngine, collect
+from tests.waits import until
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 PARAMS = RsaParams(population=4, k=2, rounds=3, tail_tokens=8, trace_max_tokens=60, seed=1, selection="aggregate")
-
-
-@dataclass
-class CountingEngine(FakeEngine):
-    """The fake engine, counting the tokens each request has delivered so far: a test waits for
-    what the traces did instead of sleeping for a guess of how long it takes."""
-
-    delivered: dict[str, int] = field(default_factory=dict)
-
-    async def generate(
-        self, prompt_ids: Sequence[int], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[GenerationDelta]:
-        async with aclosing(FakeEngine.generate(self, prompt_ids, params, request_id)) as deltas:
-            async for delta in deltas:
-                self.delivered[request_id] = self.delivered.get(request_id, 0) + len(delta.token_ids)
-                yield delta
-
-
-async def until(condition: Callable[[], bool], what: str, *, within_s: float = 10.0) -> None:
-    """Let the run's tasks progress until ``condition()`` holds. ``within_s`` only bounds a
-    hang (the failure then says ``what`` never happened); it measures nothing."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within_s
-    while not condition():
-        if loop.time() > give_up:
-            pytest.fail(f"{what}: still not the case after {within_s} s")
-        await asyncio.sleep(0.001)
 
 
 @pytest.mark.asyncio

@@ -16,7 +16,7 @@ from mrsa.rsa import NodeFinished, NodeStarted, RsaParams, RsaRun
 from mrsa.rsa.events import RunFailed
 from mrsa.rsa.plan import Plan
 from tests.fakes import FakeEngine, collect
-from tests.unit.test_runner_cleanup import until
+from tests.waits import until
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 N, K, T = 4, 2, 3

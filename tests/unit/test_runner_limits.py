@@ -8,8 +8,7 @@ from contextlib import aclosing
 import pytest
 
 from mrsa.rsa import NodeFinished, RoundCompleted, RsaLimits, RsaParams, RsaRun, RunCompleted
-from tests.fakes import FakeEngine, FakeRequest, collect
-from tests.unit.test_runner_cleanup import CountingEngine
+from tests.fakes import CountingEngine, FakeEngine, FakeRequest, collect
 
 MESSAGES = [{"role": "user", "content": "What is 6*7?"}]
 

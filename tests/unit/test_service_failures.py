@@ -13,6 +13,7 @@ from mrsa.engine.base import EngineError
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
+from tests.serving import events, serving, submit, wait_status
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 RSA = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 16, "trace_max_tokens": 64, "seed": 5,
@@ -82,8 +83,6 @@ async def test_plain_requests_keep_the_bare_envelope() -> None:
 async def test_a_background_run_whose_round_fails_ends_failed_and_its_events_end() -> None:
     """Regression: the failure's usage used to reach json.dumps as a pydantic model, which
     raised inside the handler, so the run stayed `running` and its event stream never ended."""
-    from tests.unit.test_store import events, serving, submit, wait_status
-
     engine = FakeEngine(error=lambda r: Gone("no replica is reachable") if "-r1-" in r.request_id else None)
     async with serving(engine) as http:
         run = await submit(http, rsa=RSA)
