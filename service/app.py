@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None, engine_factory: EngineFactory |
             settings.store_path,
             Admission("runs", limits.max_running_runs, limits.max_queued_runs, limits.retry_after_s, limits.key_share),
             ttl_s=settings.store_ttl_s,
+            store_url=settings.store_url,
+            lease_s=settings.store_lease_s,
         )
         runs.open()  # a store another server holds stops us here, before a model is loaded
         app.state.runs = runs

@@ -27,11 +27,20 @@ The store is opened at start, and with it its exclusive lock: a second server po
 same file refuses to start (:class:`~mrsa.service.runs.store.StoreLocked`) instead of failing its
 first background request. Without a path (``store_path`` unset, as in tests) it is a temporary
 file removed at shutdown: runs then live as long as the process.
+
+Replicas (``store_url`` = ``postgresql://...``, :mod:`~mrsa.service.runs.pg_store`): the API
+replicas share one database and each run is leased to the replica executing it. Every third of
+``lease_s`` a replica renews its leases, stops the runs it no longer holds (cancelled on another
+replica, or taken over after a stall) and claims the runs whose lease expired: a replica that
+died loses its runs to the others, which resume them from their checkpoints as a restart does.
+A replica that stops cleanly gives its leases back, so its runs move on at once. Followers are
+woken by the database's ``NOTIFY`` of each event, whichever replica logged it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -48,7 +57,8 @@ from mrsa.rsa.events import FinalDelta, FinalStarted, NodeFinished, RoundComplet
 from mrsa.service import logs, metrics
 from mrsa.service.admission import Admission, Ticket
 from mrsa.service.errors import APIError
-from mrsa.service.runs.store import AsyncStore, Idempotent, Store, StoredRun, StoreError
+from mrsa.service.runs.store import AsyncStore, Idempotent, StoredRun, StoreError
+from mrsa.service.runs.stores import LeaseLost, open_store
 from mrsa.service.wire import (
     ErrorBody,
     RunObject,
@@ -79,9 +89,14 @@ class Submitted:
 class RunManager:
     """Owns the background runs of one server: their tasks, the store and the run admission."""
 
-    def __init__(self, store_path: Path | None, admission: Admission, ttl_s: float = 7 * 24 * 3600) -> None:
+    def __init__(self, store_path: Path | None, admission: Admission, ttl_s: float = 7 * 24 * 3600, *,
+                 store_url: str | None = None, lease_s: float = 15.0) -> None:
         self.engine: Engine | None = None
         self.ttl_s = ttl_s
+        self.store_url = store_url  # postgresql://...: a store the replicas share (stores.py)
+        self.lease_s = lease_s
+        self._lost: set[str] = set()  # runs another replica took over: stopped, not ended
+        self._lease_task: asyncio.Task[None] | None = None
         self._tmpdir: str | None = None
         if store_path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="mrsa-runs-")
@@ -99,8 +114,8 @@ class RunManager:
 
     def _open(self) -> AsyncStore:
         if self._store is None:
-            self._store = AsyncStore(Store(self.store_path))
-            log.info("run store: %s", self.store_path)
+            self._store = AsyncStore(open_store(self.store_url, self.store_path, lease_s=self.lease_s))
+            log.info("run store: %s", self._store.store)
         return self._store
 
     def open(self) -> None:
@@ -116,7 +131,17 @@ class RunManager:
         self.engine = engine
         store = self._open()
         await self.purge()
-        runs, bad = await store.unfinished()
+        resumed = await self._resume(*await store.claim())
+        if store.store.shared:  # other replicas: follow their events, renew leases, take over
+            loop = asyncio.get_running_loop()
+            store.store.subscribe(lambda run_id: loop.call_soon_threadsafe(self._wake, run_id))
+            self._lease_task = asyncio.create_task(self._keep_leases(), name="run-leases")
+        return resumed
+
+    async def _resume(self, runs: list[StoredRun], bad: list[tuple[str, str]]) -> int:
+        """Restart claimed runs from their checkpoints; returns how many."""
+        assert self.engine is not None
+        engine, store = self.engine, self._open()
         resumed = 0
         for run in runs:
             if run.spec.get("model") != engine.model_name:
@@ -143,16 +168,54 @@ class RunManager:
             log.error("quarantined run %s: %s", run_id, why)
         if bad:
             log.error("quarantined %d stored runs whose records cannot be read", len(bad))
-        self.quarantined = len(bad)
+        self.quarantined += len(bad)
         return resumed
 
+    async def _keep_leases(self) -> None:
+        """Shared store, every third of a lease: renew the leases of this replica's runs, stop
+        the ones it no longer holds (taken over after a stall, or cancelled on another replica),
+        and resume the runs of replicas that died (their leases expired)."""
+        store = self._open()
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                mine = list(self._tasks)
+                held = await store.heartbeat(mine)
+                for run_id in set(mine) - held:
+                    task = self._tasks.get(run_id)
+                    if task is not None:
+                        self._lost.add(run_id)
+                        task.cancel()
+                        log.warning("run %s is no longer this replica's: stopped", run_id)
+                took = await self._resume(*await store.claim())
+                if took:
+                    log.info("took over %d runs whose replica stopped", took)
+            except StoreError as exc:  # the database is away: the leases run out, others take over
+                log.warning("run leases not renewed: %s", exc.message)
+
+    def _wake(self, run_id: str | None) -> None:
+        """Another replica logged an event of ``run_id`` (None: of any run)."""
+        if run_id is not None:
+            self._notify(run_id)
+        else:
+            for event in self._changed.values():
+                event.set()
+
     async def close(self) -> None:
-        """Stop executing without ending the runs: the next server resumes them."""
+        """Stop executing without ending the runs: the next server resumes them (on a shared
+        store another replica does at once: this one gives their leases back)."""
         self._closing = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        running = list(self._tasks)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None and running:
+            with contextlib.suppress(StoreError):
+                await self._store.release(running)
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -373,8 +436,11 @@ class RunManager:
                             # the final call starts again on each attempt; the log says so once
                             await store.append(run_id, progress, once=isinstance(event, FinalStarted))
                         self._notify(run_id)
+        except LeaseLost:  # another replica resumed it: it is that replica's to end
+            log.warning("run %s was taken over by another replica: stopped", run_id)
         except asyncio.CancelledError:
-            if not self._closing:  # DELETE; a shutdown is no stop: the run resumes on restart
+            # DELETE; a shutdown is no stop (the run resumes on restart), nor is a lost lease
+            if not self._closing and run_id not in self._lost:
                 observer.cancelled()
                 raise
         except RunFailed as exc:
@@ -389,6 +455,7 @@ class RunManager:
         finally:
             self._tasks.pop(run_id, None)
             self._tickets.pop(run_id, None)
+            self._lost.discard(run_id)
             self._notify(run_id)
 
 

@@ -1,0 +1,163 @@
+"""Background runs through the HTTP API over both stores (SQLite, a real PostgreSQL), then API
+replicas sharing one PostgreSQL store in one process (fake engines): a follower on one replica
+sees the events another replica's run logs, a cancel on one stops the run on the other, and a
+replica that stops hands its runs to the other, which resumes them from their checkpoints.
+Killing a replica (kill -9) is tests/e2e/test_replicas.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mrsa.service.app import create_app
+from mrsa.service.settings import Settings
+from tests.fakes import FakeEngine
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
+RSA = {"population": 4, "k": 2, "rounds": 3, "tail_tokens": 16, "trace_max_tokens": 64, "seed": 11,
+       "selection": "aggregate"}
+LEASE_S = 0.6  # renewed every 0.2 s; short, so a stopped replica's runs move on quickly
+
+
+def _engine(delay: float = 0.0) -> FakeEngine:
+    return FakeEngine(answer=lambda r: str((r.params.seed or 0) % 3), delay=delay)
+
+
+@asynccontextmanager
+async def serving(engine: FakeEngine, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(**settings), engine_factory=lambda _: engine)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            yield http
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
+    """The settings that pick a store: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {"store_path": tmp_path / "runs.sqlite3"}
+    return {"store_url": request.getfixturevalue("postgres_url"), "store_lease_s": LEASE_S}
+
+
+async def submit(http: httpx.AsyncClient, rsa: dict = RSA) -> dict:
+    r = await http.post("/v1/rsa/runs", json={"model": "fake-model", "messages": QUESTION, "rsa": rsa})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+async def events(http: httpx.AsyncClient, run_id: str, last: int | None = None) -> list[tuple[int, dict]]:
+    headers = {} if last is None else {"Last-Event-ID": str(last)}
+    out: list[tuple[int, dict]] = []
+    seq = None
+    async with http.stream("GET", f"/v1/rsa/runs/{run_id}/events", headers=headers) as stream:
+        assert stream.status_code == 200
+        async for line in stream.aiter_lines():
+            if line.startswith("id: "):
+                seq = int(line[4:])
+            elif line.startswith("data: "):
+                out.append((seq, json.loads(line[6:])))
+    return out
+
+
+async def wait_status(http: httpx.AsyncClient, run_id: str, done: set[str], nodes: int = 0) -> dict:
+    for _ in range(3000):
+        run = (await http.get(f"/v1/rsa/runs/{run_id}")).json()
+        if run["status"] in done or (nodes and run["progress"]["nodes_finished"] >= nodes):
+            return run
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"run stuck: {run}")
+
+
+def _same_outcome(run: dict, reference: dict) -> None:
+    assert run["result"]["choices"] == reference["result"]["choices"]
+    assert run["result"]["rsa"]["answers"] == reference["result"]["rsa"]["answers"]
+    # every token the run generated, before and after the restart, counted once
+    assert {**run["usage"], "prompt_tokens_details": None} == {**reference["usage"], "prompt_tokens_details": None}
+
+
+async def test_a_background_run_and_its_event_stream(store: dict) -> None:
+    async with serving(_engine(), **store) as http:
+        run_id = (await submit(http))["id"]
+        whole = await events(http, run_id)
+        run = await wait_status(http, run_id, {"completed"})
+        assert await events(http, run_id, last=5) == whole[5:]
+    assert [seq for seq, _ in whole] == list(range(1, len(whole) + 1))
+    kinds = [e["event"] for _, e in whole]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_completed" and kinds.count("run_completed") == 1
+    assert kinds.count("node_finished") == 12
+    assert run["progress"] == {"nodes_finished": 12, "nodes_total": 12, "rounds": 3, "attempts": 1}
+
+
+async def test_a_restarted_server_resumes_from_checkpoints(store: dict, tmp_path: Path) -> None:
+    async with serving(_engine(), store_path=tmp_path / "reference.sqlite3") as http:
+        reference = await wait_status(http, (await submit(http))["id"], {"completed"})
+    first = _engine(delay=0.01)
+    async with serving(first, **store) as http:
+        run_id = (await submit(http))["id"]
+        partial = await wait_status(http, run_id, set(), nodes=5)
+    assert partial["status"] == "running"
+    second = _engine()
+    async with serving(second, **store) as http:
+        run = await wait_status(http, run_id, {"completed"})
+        log = [e["event"] for _, e in await events(http, run_id)]
+    assert run["progress"]["attempts"] == 2 and log.count("run_resumed") == 1 and log.count("run_completed") == 1
+    assert len(second.requests) <= 13 - partial["progress"]["nodes_finished"]
+    _same_outcome(run, reference)
+
+
+# ------------------------------------------------------------------ replicas on one database
+
+
+async def test_a_follower_on_another_replica_sees_every_event_once_in_order(postgres_url: str) -> None:
+    shared = {"store_url": postgres_url, "store_lease_s": LEASE_S}
+    async with serving(_engine(delay=0.01), **shared) as a, serving(_engine(), **shared) as b:
+        run_id = (await submit(a))["id"]
+        followed = await events(b, run_id)  # B executes nothing: every wake-up is A's NOTIFY
+        on_a = await events(a, run_id)
+    assert followed == on_a
+    assert [seq for seq, _ in followed] == list(range(1, len(followed) + 1))
+    assert followed[-1][1]["event"] == "run_completed"
+
+
+async def test_a_cancel_on_one_replica_stops_the_run_on_the_other(postgres_url: str) -> None:
+    shared = {"store_url": postgres_url, "store_lease_s": LEASE_S}
+    engine = _engine(delay=0.2)  # a trace takes over a second: the cancel lands mid-trace
+    async with serving(engine, **shared) as a, serving(_engine(), **shared) as b:
+        run_id = (await submit(a))["id"]
+        while engine.num_in_flight() == 0:
+            await asyncio.sleep(0.01)
+        r = await b.delete(f"/v1/rsa/runs/{run_id}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        for _ in range(3000):  # A learns at its next lease renewal and aborts its engine requests
+            if engine.num_in_flight() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.num_in_flight() == 0
+        log = [e["event"] for _, e in await events(a, run_id)]
+    assert log[-1] == "run_cancelled" and log.count("run_cancelled") == 1
+    # A stopped the run instead of finishing it unseen: its traces were aborted, no final call
+    assert any(req.finish_reason == "abort" for req in engine.requests) and len(engine.requests) < 13
+
+
+async def test_a_replica_that_stops_hands_its_runs_to_another(postgres_url: str, tmp_path: Path) -> None:
+    async with serving(_engine(), store_path=tmp_path / "reference.sqlite3") as http:
+        reference = await wait_status(http, (await submit(http))["id"], {"completed"})
+    shared = {"store_url": postgres_url, "store_lease_s": LEASE_S}
+    survivor = _engine()
+    async with serving(survivor, **shared) as b:
+        async with AsyncExitStack() as stack:
+            a = await stack.enter_async_context(serving(_engine(delay=0.01), **shared))
+            run_id = (await submit(a))["id"]
+            partial = await wait_status(a, run_id, set(), nodes=5)
+        assert partial["status"] == "running"  # A stopped: its lease given back, not its run ended
+        run = await wait_status(b, run_id, {"completed"})
+        log = [e["event"] for _, e in await events(b, run_id)]
+    assert run["progress"]["attempts"] == 2 and log.count("run_resumed") == 1 and log.count("run_completed") == 1
+    assert 0 < len(survivor.requests) <= 13 - partial["progress"]["nodes_finished"]
+    _same_outcome(run, reference)
