@@ -173,11 +173,6 @@ def read_traces(path: str | Path) -> dict[str, dict[str, list[dict]]]:
     return json.loads(raw)
 
 
-def round_traces(nodes: list[dict], round_: int) -> list[dict]:
-    """One kept run's trace calls of round ``round_`` (0 is the first), in index order."""
-    return sorted((n for n in nodes if n["round"] == round_ and n["kind"] == "trace"), key=lambda n: n["index"])
-
-
 def memo_rows_from_traces(traces: dict[str, dict[str, list[dict]]], problems: dict[str, Problem], tokenizer,
                           model_name: str, temperature: float, top_p: float = 1.0) -> list[dict]:
     """Memo lines for the first-round traces an ``mrsa eval --keep-traces`` run kept.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = ("service", "rsa", "engine", "kernels", "benchmarks", "evals")
+OURS = ("service", "rsa", "engine", "kernels", "benchmarks", "evals", "research")
 
 
 def _run(*cmd: str, cwd: Path | str = "/") -> str:

@@ -3,8 +3,8 @@ correctness, and rebuilds them from the stored tails."""
 
 from __future__ import annotations
 
-from mrsa.evals.aggregation_probe import mixed_prompts, population_prompts, summarize
 from mrsa.evals.datasets import Problem
+from research.aggregation_probe import mixed_prompts, population_prompts, summarize
 
 
 def node(round_: int, index: int, answer: str | None, parents: list[int] = (), **kw) -> dict:
@@ -56,7 +56,7 @@ def test_summary_counts_right_answers_against_chance() -> None:
 
 
 def test_candidates_can_be_recut_from_the_whole_traces() -> None:
-    from mrsa.evals.aggregation_probe import retailed
+    from research.aggregation_probe import retailed
     from tests.fakes import FakeTokenizer
 
     problems = {"1": Problem("1", "What is 6 * 7?", "42")}
@@ -71,7 +71,7 @@ def test_candidates_can_be_recut_from_the_whole_traces() -> None:
 
 
 def test_pairs_of_aggregates_with_one_right_answer_make_third_round_prompts() -> None:
-    from mrsa.evals.aggregation_probe import aggregate_pair_prompts
+    from research.aggregation_probe import aggregate_pair_prompts
 
     problems = {"1": Problem("1", "What is 6 * 7?", "42"), "2": Problem("2", "What is 2 * 2?", "4")}
     traces = {

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from mrsa.evals import projection
-from mrsa.evals.projection import Aggregator, FirstRound, Sample, measure, outcome, pair_kind, project
+from research import projection
+from research.projection import Aggregator, FirstRound, Sample, measure, outcome, pair_kind, project
 
 
 def node(round_: int, index: int, answer: str | None, parents: list[int] = (), tokens: int = 10) -> dict:
@@ -131,3 +131,18 @@ def test_the_command_reports_the_best_vote_first_rule_within_majoritys_tokens(tm
     assert [r["selector"] for r in rows] == [1.0]  # the measured rate is 1.0 too
     assert rows[0]["right"] == 1.0 and rows[0]["tokens"] <= 80.0
     assert "vote-first s=1.00" in capsys.readouterr().out
+
+
+def test_the_research_scripts_run_from_a_checkout_and_are_not_shipped() -> None:
+    """``python -m research.<script>`` from the checkout's root; the installed package has no copy."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for script in ("projection", "aggregation_probe"):
+        proc = subprocess.run([sys.executable, "-m", f"research.{script}", "--help"], cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and f"python -m research.{script}" in proc.stdout, proc.stderr
+        assert importlib.util.find_spec(f"mrsa.evals.{script}") is None

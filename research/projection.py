@@ -25,7 +25,7 @@ The simulation draws every aggregation independently at the measured rates: a mo
 measurement. Its first line replays the configuration the traces measured, beside what that
 configuration scored, so the model's error is in view.
 
-    python -m mrsa.evals.projection --traces docs/eval/gsm8k-qwen15b/traces.json.gz \\
+    python -m research.projection --traces docs/eval/gsm8k-qwen15b/traces.json.gz \\
         --dataset ../shared/data/gsm8k-dev.jsonl --selector 0.75 0.85 0.95
 """
 
@@ -43,8 +43,9 @@ from pathlib import Path
 
 from mrsa.evals.datasets import load_jsonl
 from mrsa.evals.grading import is_correct
-from mrsa.evals.memo import read_traces, round_traces
+from mrsa.evals.memo import read_traces
 from mrsa.rsa.answers import normalize_answer
+from research.traces import round_traces
 
 KINDS = ("agree-right", "agree-wrong", "mixed", "both-wrong")
 OUTCOMES = ("right", "parent", "new")
@@ -262,7 +263,7 @@ def tiebreak(problems: Sequence[FirstRound], samples: int, margin: int, judges: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrsa.evals.projection", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.projection", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", required=True, help="traces.json(.gz) written by mrsa eval --keep-traces")
     parser.add_argument("--dataset", required=True, help="the eval's dataset (JSONL)")

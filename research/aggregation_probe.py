@@ -7,7 +7,7 @@ takes the traces an ``mrsa eval --keep-traces`` run wrote, rebuilds exactly the 
 mixed round-2 nodes (the same tails, labels and seeds), asks ``--model`` to answer them, and
 reports how often it keeps a right answer, beside how often the eval's own model did.
 
-    python -m mrsa.evals.aggregation_probe --traces docs/eval/gsm8k-qwen05b/traces.json.gz \\
+    python -m research.aggregation_probe --traces docs/eval/gsm8k-qwen05b/traces.json.gz \\
         --dataset ../shared/data/gsm8k-dev.jsonl --config "rsa N=4 K=2 T=2" \\
         --model Qwen2.5-Coder-1.5B-Instruct --out docs/eval/gsm8k-qwen05b/probe-15b.json
 
@@ -29,9 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mrsa.evals.datasets import Problem, load_jsonl
-from mrsa.evals.memo import read_traces, round_traces
+from mrsa.evals.memo import read_traces
 from mrsa.rsa.answers import extract_answer, normalize_answer
 from mrsa.rsa.tails import Tail, take_tail
+from research.traces import round_traces
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def summarize(model: str, rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mrsa.evals.aggregation_probe", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m research.aggregation_probe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", required=True, help="traces.json(.gz) written by mrsa eval --keep-traces")
     parser.add_argument("--dataset", required=True, help="the eval's dataset (JSONL)")
