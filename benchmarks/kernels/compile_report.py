@@ -62,6 +62,18 @@ def machine() -> dict[str, object]:
     }
 
 
+def ptxas_versions() -> dict[str, str]:
+    """The bundled ptxas Triton runs per target (the legacy one below sm_90)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    out = {}
+    for arch in ARCHS:
+        text = subprocess.run([get_ptxas(arch).path, "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release [\d.]+, V[\d.]+", text)
+        out[f"sm_{arch}"] = f"{Path(get_ptxas(arch).path).name} {m[0] if m else text.strip()}"
+    return out
+
+
 def row(name: str, r: Result) -> dict[str, object]:
     v = r.job.variant
     return {
@@ -119,6 +131,7 @@ def main() -> None:
         "machine": machine(),
         "triton": triton.__version__,
         "torch": torch.__version__,
+        "ptxas": ptxas_versions(),
         "compile_seconds": round(seconds, 1),
         "variants": rows,
     }
