@@ -46,10 +46,6 @@ class ApiKeyMiddleware:
         self.app = app
         self._digests = [key_hash(k) for k in keys]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
-
     def _match(self, presented: str) -> bool:
         digest = key_hash(presented)
         ok = False

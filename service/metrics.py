@@ -70,11 +70,6 @@ def scrape() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def set_queue_depth(pool: str, depth: int) -> None:
-    """For an admission layer that pushes its depth instead."""
-    QUEUE_DEPTH.labels(pool).set(depth)
-
-
 class RunObserver:
     """Feeds one RSA run's events into the metrics: node latencies, rounds, tokens by phase,
     and at the end the stop reason and engine calls. One per run; ``clock`` for tests."""

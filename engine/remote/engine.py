@@ -117,10 +117,6 @@ class RemoteEngine(AsyncCloseable):
         if not self._pool.any_healthy():
             raise UpstreamUnavailable(self._pool.all_down())
 
-    def replica_stats(self) -> list[dict]:
-        """Per-upstream counters (for /health or /metrics)."""
-        return self._pool.stats()
-
     async def aclose(self) -> None:
         """Cancel every request (each closes its upstream response), stop the health probes,
         close the connection pool. Idempotent."""

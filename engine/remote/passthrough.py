@@ -95,7 +95,6 @@ class ReplicaOpenAI:
             if not streaming:
                 replica.outstanding -= 1
         replica.record_success()
-        replica.completed += 1
         try:
             answer = resp.json()
         except ValueError:
@@ -112,7 +111,6 @@ class ReplicaOpenAI:
             async with contextlib.aclosing(EventSource(resp).aiter_sse()) as events:
                 async for event in events:
                     yield f"data: {event.data}\n\n"
-            replica.completed += 1
             replica.record_success()
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise UpstreamUnavailable(f"upstream {replica.url} broke off the stream: {exc}") from None

@@ -28,7 +28,6 @@ class Replica:
     healthy: bool = False
     outstanding: int = 0
     sent: int = 0
-    completed: int = 0
     failures: int = 0  # total failed attempts
     consecutive_failures: int = 0
     not_before: float = 0.0  # 429 Retry-After: avoid until this monotonic time
@@ -48,16 +47,6 @@ class Replica:
         log.info("re-admitting upstream %s", self.url)
         self.consecutive_failures = 0
         self.healthy = True
-
-    def stats(self) -> dict:
-        return {
-            "url": self.url,
-            "healthy": self.healthy,
-            "outstanding": self.outstanding,
-            "requests": self.sent,
-            "completed": self.completed,
-            "failures": self.failures,
-        }
 
 
 class ReplicaPool:
@@ -110,5 +99,3 @@ class ReplicaPool:
         """The replicas for a log line, the unreachable ones marked."""
         return ", ".join(f"{r.url}{'' if r.healthy else ' (down)'}" for r in self.replicas)
 
-    def stats(self) -> list[dict]:
-        return [r.stats() for r in self.replicas]

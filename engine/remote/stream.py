@@ -82,7 +82,6 @@ async def attempt(
         policy.record_failure(trace, replica, failure, one.got)
         raise failure
     replica.record_success()
-    replica.completed += 1
     trace.push(one.final)
 
 

@@ -58,16 +58,3 @@ def comparisons_table(results: dict) -> Table:
         table.add_row(*row)
     return table
 
-
-def _markdown(columns: tuple[str, ...], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(results: dict) -> str:
-    """The same rows as Markdown tables (for reports and the README)."""
-    text = _markdown(_COLUMNS, _rows(results))
-    if results.get("comparisons"):
-        text += "\n\n" + _markdown(_CMP_COLUMNS, _comparison_rows(results))
-    return text

@@ -242,20 +242,20 @@ def test_mrsa_eval_writes_results_and_plot(tmp_path: Path, monkeypatch: pytest.M
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-async def test_markdown_table_has_a_row_per_config_and_round() -> None:
-    from mrsa.evals.report.table import markdown_table
+async def test_the_results_tables_have_a_row_per_config_and_round() -> None:
+    from mrsa.evals.report.table import comparisons_table, results_table
 
     problems = arithmetic(2, 1, seed=0)
     configs = [parse_config(s, DEFAULTS) for s in ("single", "rsa:n=2,k=1,t=3")]
     results = await evaluate(EngineBackend(_coin_engine(problems)), configs, problems)
-    rounds, comparison = markdown_table(results).split("\n\n")
-    rows = rounds.splitlines()[2:]
-    assert [r.split("|")[1:3] for r in rows] == [[" single ", " 1 "], [" rsa N=2 K=1 T=3 ", " 1 "], ["  ", " 2 "], ["  ", " 3 "]]
-    assert rows[0].split("|")[7].strip() == f"{results['configs'][0]['final_accuracy']:.3f}"
-    (pair,) = comparison.splitlines()[2:]  # one pair of configurations, with its paired interval
+    columns = [list(c.cells) for c in results_table(results).columns]
+    assert list(zip(columns[0], columns[1])) == [("single", "1"), ("rsa N=2 K=1 T=3", "1"), ("", "2"), ("", "3")]
+    assert columns[6][0] == f"{results['configs'][0]['final_accuracy']:.3f}"
+    # one pair of configurations, with its paired interval
+    (pair,) = zip(*(list(c.cells) for c in comparisons_table(results).columns))
     cmp = results["comparisons"][0]
-    assert pair.split("|")[1].strip() == "single - rsa N=2 K=1 T=3"
-    assert pair.split("|")[4].strip() == f"[{cmp['low']:+.3f}, {cmp['high']:+.3f}]"
+    assert pair[0] == "single - rsa N=2 K=1 T=3"
+    assert pair[3] == f"[{cmp['low']:+.3f}, {cmp['high']:+.3f}]"
 
 
 # ----------------------------------------------------------------------------- GSM8K grading
