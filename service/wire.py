@@ -1,4 +1,5 @@
-"""The wire format, in one place: typed models of everything the service sends and receives.
+"""The service's wire format: typed models of what it receives and sends, and the builders of
+its stream chunks and progress events.
 
 - requests: the OpenAI chat-completion request plus our ``rsa`` object (kept raw here and
   validated against the server's defaults in the route, so its errors can name
@@ -8,8 +9,12 @@
   error envelope's body;
 - the constructors that turn the algorithm's results (:mod:`mrsa.rsa.events`) into them.
 
-Routes and the background run manager both build their bodies here; nothing is a hand-built
-dict, so what goes to a client, to the run store and to the event log has one shape.
+Completions, usage, the model list, run objects and the error body are pydantic models;
+stream chunks (:class:`ChunkFactory`) and progress events (``*_event``) are dicts built by the
+functions below. Not every body is built here: the error envelope is also a dict
+(``errors.APIError.body``), ``run_started`` is written where a run starts (``rsa_chat``,
+``runs/manager``), and ``mrsa eval``'s progress events have their own builder
+(``evals/backends.progress_dict``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """A ``POST /v1/responses`` as a run: the conversation (continued from a previous response),
 the compute its ``reasoning.effort`` or ``rsa`` asks for, and the checked :class:`RsaRun`.
 
-Every response is an RSA run: without effort or ``rsa``, one of population 1 and one round
-whose only trace is the answer (``selection: majority`` makes no final call), sampled as a plain
-generation would be (``temperature`` and ``top_p`` default to 1, ``max_output_tokens`` to the
-room the context leaves). One execution path, live or background, durable or not, and nothing
-of the plain chat path is needed.
+Every response is prepared as an RSA run: without effort or ``rsa``, one of population 1 and
+one round whose only trace is the answer (``selection: majority`` makes no final call), sampled
+as a plain generation would be (``temperature`` and ``top_p`` default to 1,
+``max_output_tokens`` to the room the context leaves). How it is answered decides what executes
+it: a background response hands the run to the run manager (stored, resumed after a restart); a
+live RSA response runs it in :mod:`.live`; a live plain response does not run it but generates
+straight from the engine with its sampling (:func:`.live._plain`: token by token, which a
+one-trace run would only give at its end). The chat path's plain forwarding is not used.
 """
 
 from __future__ import annotations
