@@ -246,7 +246,8 @@ def _run_clients(server: Server, specs: list[Spec], rsa: dict, deadline: float, 
 def _final(url: str, outcome: Outcome) -> dict[str, Any]:
     """The run's end as the API reports it, and a full replay of its events."""
     run = httpx.get(f"{url}/v1/rsa/runs/{outcome.run_id}", timeout=30)
-    data: dict[str, Any] = {"status": None, "answer": None, "usage": None, "replay": []}
+    data: dict[str, Any] = {"status": None, "answer": None, "usage": None, "replay": [],
+                            "run_status": run.json().get("status") if run.status_code == 200 else None}
     if outcome.spec.kind == "response":
         resp = httpx.get(f"{url}/v1/responses/{outcome.run_id}", timeout=30).json()
         data["status"] = resp.get("status")
@@ -348,7 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         end = time.monotonic() + max(0.0, deadline - time.monotonic())
         while True:
             finals[o.spec.n] = _final(server.url, o)
-            if finals[o.spec.n]["status"] in ("completed", "failed", "cancelled") or time.monotonic() >= end:
+            if finals[o.spec.n]["run_status"] in ("completed", "failed", "cancelled") or time.monotonic() >= end:
                 break
             time.sleep(1)
     engine_at_end = server.engine_processes()
@@ -376,7 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     usage_differ = [n for n, f in finals.items() if n in reference and f["usage"] != reference[n]["usage"]]
     statuses: dict[str, int] = {}
     for f in finals.values():
-        statuses[str(f["status"])] = statuses.get(str(f["status"]), 0) + 1
+        statuses[str(f["run_status"])] = statuses.get(str(f["run_status"]), 0) + 1
     return {
         "benchmark": "chaos",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -387,7 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"specs": args.specs, "kills": args.kills, "population": args.population, "rounds": args.rounds,
                    "kill_every_s": [args.kill_min_s, args.kill_max_s], "deadline_s": args.deadline_s,
                    "seed": args.seed, **({"fake_delay_s": args.fake_delay} if args.engine == "fake" else {})},
-        "reference_completed": sum(1 for f in reference.values() if f["status"] == "completed"),
+        "reference_completed": sum(1 for f in reference.values() if f["run_status"] == "completed"),
         "runs_in_store": len(rows),
         "kills": len(kills),
         "kills_with_open_runs": sum(1 for k in kills if k["open_runs"] > 0),
