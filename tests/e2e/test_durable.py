@@ -1,6 +1,6 @@
 """Durable background runs on the real server and engine: a run survives ``kill -9`` of the
 server (and its engine process) and completes after a restart on the same store, with usage
-that includes the work done before the crash; a cancelled run frees the engine at once."""
+that includes the work done before the crash; a cancelled run frees the engine."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.server import Server, crash, start_server, stop_server
+from tests.waits import eventually
 
 QUESTION = [{"role": "user", "content": "What is 7 + 5? Put the answer in \\boxed{}."}]
 # Small and exact-length (ignore_eos): 3 rounds of 3 traces of 24 tokens, then a final aggregation.
@@ -38,17 +38,6 @@ def wait_for(server: Server, run_id: str, done, within: float = 240) -> dict:
             return run
         time.sleep(0.05)
     pytest.fail(f"run did not get there in {within}s: {run}")
-
-
-def crash(proc) -> None:
-    """kill -9 the server and every process it started (the engine core), as a power cut would."""
-    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in family:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=30)
 
 
 def test_a_run_survives_kill_9_and_a_cancelled_run_frees_the_engine(tmp_path: Path) -> None:
@@ -85,9 +74,8 @@ def test_a_run_survives_kill_9_and_a_cancelled_run_frees_the_engine(tmp_path: Pa
         assert server.in_flight() > 0
         cancelled = httpx.delete(f"{server.url}/v1/rsa/runs/{other}", timeout=30).json()
         assert cancelled["status"] == "cancelled"
-        start = time.monotonic()
-        while server.in_flight() and time.monotonic() - start < 1.0:
-            time.sleep(0.02)
-        assert server.in_flight() == 0  # freed within 1 s of the cancel
+        # The bound only turns a leak into a failure: the abort's promptness is pinned in process
+        # (tests/unit/test_store.py: the cancel frees the engine before it answers).
+        eventually(lambda: server.in_flight() == 0, "the cancelled run's engine requests have ended")
     finally:
         stop_server(proc)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.e2e.conftest import _kill_group, start_server
+from tests.e2e.server import kill_group, start_server
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -38,4 +38,4 @@ def test_kill_9_of_the_server_leaves_no_engine_process(tmp_path: Path) -> None:
         left = _alive(engine)
         assert not left, f"engine processes outlived the server: {[(p.pid, p.name()) for p in left]}"
     finally:
-        _kill_group(proc)
+        kill_group(proc)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.server import ROOT, Server
 
 
 def test_mrsa_eval_through_the_service(server: Server, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import openai
 import pytest
 
 from mrsa.engine.provision import SMALL_MODEL, ensure_model
-from tests.e2e.conftest import MAX_MODEL_LEN, ROOT, free_port, start_server, stop_server
+from tests.e2e.server import MAX_MODEL_LEN, ROOT, free_port, start_server, stop_server
 
 QUESTION = [{"role": "user", "content": "What is 7 + 5?"}]
 WEATHER = {

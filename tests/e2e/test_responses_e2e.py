@@ -1,6 +1,6 @@
 """The Responses API on the real server and engine (the small model), through the real openai
 Python SDK and, in one script, the JS SDK: plain and ``reasoning.effort`` responses, the event
-stream, background responses polled, cancelled (the engine freed within 1 s) and surviving a
+stream, background responses polled, cancelled (the engine freed) and surviving a
 ``kill -9`` of the server with their usage and their event numbers; foreign ids are 404."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
-from tests.e2e.test_durable import crash
+from tests.e2e.server import Server, crash, start_server, stop_server
+from tests.waits import eventually
 
 HERE = Path(__file__).resolve().parent
 INPUT = "What is 7 + 5? Put the answer in \\boxed{}."
@@ -95,10 +95,9 @@ def test_background_cancel_and_foreign_ids(served: Server) -> None:
     until(alice, job.id, lambda r: served.in_flight() > 0 or r.status in ENDED)
     assert served.in_flight() > 0
     assert alice.responses.cancel(job.id).status == "cancelled"
-    start = time.monotonic()
-    while served.in_flight() and time.monotonic() - start < 1.0:
-        time.sleep(0.02)
-    assert served.in_flight() == 0  # freed within 1 s of the cancel
+    # The bound only turns a leak into a failure: the abort's promptness is pinned in process
+    # (tests/unit/test_store.py: the cancel frees the engine before it answers).
+    eventually(lambda: served.in_flight() == 0, "the cancelled run's engine requests have ended")
     assert alice.responses.cancel(job.id).status == "cancelled"  # idempotent
 
 

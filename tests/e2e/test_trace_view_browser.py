@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.e2e.conftest import Server
+from tests.e2e.server import Server
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download is unreachable offline
 ARGS = [
