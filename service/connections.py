@@ -109,7 +109,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing() or not self._waiting():
             return
-        log.info("closing a connection whose request did not arrive within %gs", self.read_timeout_s)
+        log.debug("closing a connection whose request did not arrive within %gs", self.read_timeout_s)
         self.transport.close()
 
     def _make_room(self) -> bool:
