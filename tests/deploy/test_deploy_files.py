@@ -163,6 +163,16 @@ def test_hadolint_finds_nothing(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_hadolint_finds_nothing_in_the_router_image() -> None:
+    result = _hadolint(DEPLOY / "Dockerfile.router")
+    assert result.returncode == 0, result.stdout + result.stderr
+    instructions = _dockerfile("deploy/Dockerfile.router")
+    assert [json.loads(e) for e in _args(instructions, "ENTRYPOINT")] == [["vllm-router"]]
+    # The router release pyproject.toml's test extra pins (tests/e2e/test_router.py ran it).
+    (pin,) = re.findall(r'"vllm-router==([\w.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert f"vllm-router=={pin}" in " ".join(_args(instructions, "RUN"))
+
+
 def test_hadolint_fails_on_a_broken_dockerfile(tmp_path: Path) -> None:
     broken = (ROOT / "Dockerfile").read_text()
     broken = re.sub(r"^FROM \S+", f"FROM {VLLM_IMAGE}:latest", broken, count=1, flags=re.M)
@@ -275,21 +285,39 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
         gpus += device["device_ids"]
     assert len(gpus) == len(set(gpus)), f"replicas share a GPU: {gpus}"
 
+    # vLLM's router in front of every engine, power-of-two (a run's traces spread out).
+    router = services["router"]
+    assert router["build"]["dockerfile"] == "deploy/Dockerfile.router"
+    command = router["command"]
+    workers = command[command.index("--worker-urls") + 1:]
+    assert workers == [f"http://{r}:8000" for r in replicas]
+    assert "--policy=power_of_two" in command and "--port=8000" in command
+    assert {r: d["condition"] for r, d in router["depends_on"].items()} == {r: "service_healthy" for r in replicas}
+    assert "/health" in " ".join(router["healthcheck"]["test"])
+
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+
     rsa = services["rsa"]
     assert rsa["build"]["dockerfile"] == "Dockerfile"
     assert Path(rsa["build"]["context"]) == ROOT
+    assert rsa["deploy"]["replicas"] >= 2  # API replicas over one store
     env = rsa["environment"]
     assert env["MRSA_HOST"] == "0.0.0.0"
-    assert json.loads(env["MRSA_ENGINE__UPSTREAMS"]) == [f"http://{r}:8000" for r in replicas]
+    assert json.loads(env["MRSA_ENGINE__UPSTREAMS"]) == ["http://router:8000"]  # the router, one upstream
+    env_pg = postgres["environment"]
+    assert env["MRSA_STORE_URL"] == (f"postgresql://{env_pg['POSTGRES_USER']}:{env_pg['POSTGRES_PASSWORD']}"
+                                     f"@postgres:5432/{env_pg['POSTGRES_DB']}")
     # The same model on both sides.
     assert env["MRSA_ENGINE__MODEL"] == services[replicas[0]]["command"][0]
     assert {r: d["condition"] for r, d in rsa["depends_on"].items()} == {
-        r: "service_healthy" for r in replicas
+        "router": "service_healthy", "postgres": "service_healthy"
     }
     assert "/health" in " ".join(rsa["healthcheck"]["test"])
     assert [p["target"] for p in rsa["ports"]] == [8000]
     assert [p.get("host_ip") for p in rsa["ports"]] == ["127.0.0.1"]  # loopback unless BIND says otherwise
-    assert "deploy" not in rsa  # no GPU for the RSA server itself
+    assert "devices" not in rsa["deploy"].get("resources", {}).get("reservations", {})  # no GPU for the API
 
 
 def test_compose_validation_fails_on_a_broken_file(tmp_path: Path) -> None:
@@ -350,7 +378,7 @@ def test_k8s_validation_fails_on_a_broken_manifest(tmp_path: Path) -> None:
 
 def test_vllm_replicas_are_a_statefulset_behind_a_headless_service() -> None:
     kinds = _by_kind(_k8s_documents(K8S))
-    (sts,) = [d for (k, _), d in kinds.items() if k == "StatefulSet"]
+    sts = kinds[("StatefulSet", "vllm")]
     svc = kinds[("Service", sts["spec"]["serviceName"])]
     assert svc["spec"]["clusterIP"] == "None"  # per-pod DNS names, no virtual IP
     pod = sts["spec"]["template"]
@@ -365,11 +393,11 @@ def test_vllm_replicas_are_a_statefulset_behind_a_headless_service() -> None:
         assert container[probe]["httpGet"]["path"] == "/health", probe
 
 
-def test_rsa_service_lists_each_replica_pod_as_an_upstream() -> None:
+def test_api_replicas_reach_the_engines_through_the_router_and_share_postgres() -> None:
     docs = _k8s_documents(K8S)
     kinds = _by_kind(docs)
-    (sts,) = [d for (k, _), d in kinds.items() if k == "StatefulSet"]
-    (deploy,) = [d for (k, _), d in kinds.items() if k == "Deployment"]
+    sts = kinds[("StatefulSet", "vllm")]
+    deploy = kinds[("Deployment", "markovian-rsa")]
     pod = deploy["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
@@ -377,19 +405,44 @@ def test_rsa_service_lists_each_replica_pod_as_an_upstream() -> None:
     def value(var: dict) -> str:
         if "value" in var:
             return var["value"]
+        if "secretKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["secretKeyRef"]
+            return kinds[("Secret", ref["name"])]["stringData"][ref["key"]]
         ref = var["valueFrom"]["configMapKeyRef"]
         return kinds[("ConfigMap", ref["name"])]["data"][ref["key"]]
 
+    # The router lists every engine pod by its own DNS name, with power-of-two.
     port = sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
-    expected = [
+    engines = [
         f"http://{sts['metadata']['name']}-{i}.{sts['spec']['serviceName']}:{port}"
         for i in range(sts["spec"]["replicas"])
     ]
+    router = kinds[("Deployment", "vllm-router")]
+    (router_container,) = router["spec"]["template"]["spec"]["containers"]
+    args = router_container["args"]
+    assert args[args.index("--worker-urls") + 1:] == engines
+    assert "--policy=power_of_two" in args
+    router_svc = kinds[("Service", "vllm-router")]
+    assert _matches(router_svc["spec"]["selector"], router["spec"]["template"]["metadata"]["labels"])
+    router_port = router_svc["spec"]["ports"][0]["port"]
+
+    # The API replicas: the router's Service as the one upstream, and the init container waits for it.
+    expected = [f"http://{router_svc['metadata']['name']}:{router_port}"]
     assert json.loads(value(env["MRSA_ENGINE__UPSTREAMS"])) == expected
-    # The init container waits for one of the same upstreams.
     for init in pod["spec"].get("initContainers", []):
         init_env = {e["name"]: e for e in init.get("env", [])}
         assert json.loads(value(init_env["MRSA_ENGINE__UPSTREAMS"])) == expected
+    assert deploy["spec"]["replicas"] >= 2
+
+    # One PostgreSQL, reached by its pod's name; the URL's password is the server's.
+    pg = kinds[("StatefulSet", "postgres")]
+    (pg_container,) = pg["spec"]["template"]["spec"]["containers"]
+    pg_env = {e["name"]: e for e in pg_container["env"]}
+    url = value(env["MRSA_STORE_URL"])
+    user, password = value(pg_env["POSTGRES_USER"]), value(pg_env["POSTGRES_PASSWORD"])
+    assert url == f"postgresql://{user}:{password}@{pg['metadata']['name']}-0.{pg['spec']['serviceName']}:5432/" \
+                  f"{value(pg_env['POSTGRES_DB'])}"
+    assert kinds[("Service", pg["spec"]["serviceName"])]["spec"]["clusterIP"] == "None"
     assert value(env["MRSA_HOST"]) == "0.0.0.0"
     # Both sides take the model from the same ConfigMap key.
     vllm_env = {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
