@@ -28,8 +28,8 @@ def rsa_create(server: Server, rsa: dict, **kw):
 
 def wait_idle(server: Server) -> None:
     """Until the engine has no request in flight. The bound only turns a leak into a failure;
-    that an abort reaches the engine at once is pinned in process (tests/unit/test_runner_cleanup.py,
-    tests/unit/test_store.py)."""
+    that a hang-up aborts the run's requests at once is pinned in process
+    (tests/unit/test_rsa_disconnect.py)."""
     eventually(lambda: server.in_flight() == 0, "the engine has no request in flight")
 
 
