@@ -28,3 +28,12 @@ def test_not_e2e_is_the_in_process_subset() -> None:
 def test_e2e_selects_servers_engines_and_builds() -> None:
     assert _collected("e2e") == {"tests/e2e/test_service.py", "tests/zaya/test_model.py", "tests/packaging/test_names.py"}
 
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """Test folders are not packages, so pytest imports each file by its bare name: two files of
+    one name stop the collection of the whole suite ("import file mismatch")."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path.relative_to(ROOT)} and {seen[path.name].relative_to(ROOT)}"
+        seen[path.name] = path
