@@ -29,18 +29,13 @@ from transformers import ZayaConfig
 
 from mrsa.engine.zaya.tiny import CONFIG as TINY_CONFIG
 from mrsa.kernels.cca.aot import ARCHS, Job, Result, compile_all
-from mrsa.kernels.cca.variants import Geometry, Variant, geometries_of, variants
+from mrsa.kernels.cca.variants import Geometry, Variant, engine_variant, geometries_of, variants
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def geometries() -> dict[str, list[Geometry]]:
     return {"zaya1-8b": geometries_of(ZayaConfig()), "tiny": geometries_of(ZayaConfig(**TINY_CONFIG))}
-
-
-def engine_variant(v: Variant) -> bool:
-    """The engine's CCA layers always carry both conv biases."""
-    return v.has_dw_bias and v.has_g_bias
 
 
 def default_variant(v: Variant) -> bool:

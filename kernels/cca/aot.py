@@ -121,7 +121,11 @@ def compile_one(job: Job) -> Result:
                 options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
             )
     except Exception as e:  # noqa: BLE001 - any compiler failure is the finding
-        res.error = f"{type(e).__name__}: {e}"[-4000:]
+        chain, cause = [], e  # Triton wraps the root cause (e.g. a ValueError) in CompilationErrors
+        while cause is not None and len(chain) < 8:
+            chain.append(f"{type(cause).__name__}: {cause}"[-3000:])
+            cause = cause.__cause__ or cause.__context__
+        res.error = "\n-- caused by --\n".join(chain)
         return res
     res.shared = int(kernel.metadata.shared)
     if os.environ.get("MRSA_AOT_LOG"):  # debugging a variant: ptxas's log and the PTX

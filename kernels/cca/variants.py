@@ -108,6 +108,12 @@ def variants(geometry: Geometry) -> list[Variant]:
     return list(seen)
 
 
+def engine_variant(v: Variant) -> bool:
+    """Whether the engine launches ``v``: its CCA layers always carry both conv biases
+    (engine/zaya/cca_layer.py); bias-free layers come only through the kernel API."""
+    return v.has_dw_bias and v.has_g_bias
+
+
 def geometries_of(cfg: object) -> list[Geometry]:
     """The CCA geometries of a transformers ``ZayaConfig`` (one per distinct rotary width over its
     layer types, the rule engine/zaya/model.py builds its cos/sin tables by)."""
