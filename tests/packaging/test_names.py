@@ -6,6 +6,7 @@ packages (network: PyPI only), and imports all of them from outside the checkout
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import site
 import subprocess
 import sys
@@ -24,15 +25,22 @@ def _run(*cmd: str, cwd: Path | str = "/") -> str:
     return proc.stdout.strip()
 
 
+# What a fresh clone lacks: a checkout's build/ keeps every module it ever built, and setuptools
+# packs build/lib whole, so a module moved out of the package would still ship from it.
+BUILD_OUTPUTS = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", "docs")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT))
+    tree = tmp_path_factory.mktemp("tree") / "markovian-rsa"
+    shutil.copytree(ROOT, tree, ignore=BUILD_OUTPUTS)
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(tree))
     (found,) = out.glob("markovian_rsa-*.whl")
     return found
 
 
-def test_the_wheel_holds_one_package_and_no_benchmarks(wheel: Path) -> None:
+def test_the_wheel_holds_one_package_and_no_research_or_benchmarks(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"mrsa"}
@@ -40,11 +48,13 @@ def test_the_wheel_holds_one_package_and_no_benchmarks(wheel: Path) -> None:
             "mrsa/evals/runner.py", "mrsa/cli.py", "mrsa/service/static/trace.html"} <= set(names)
     assert not [n for n in names if "bench" in n.split("/")[-1]], "benchmark scripts must not ship"
     # Every source file of the product is in it (a subpackage left out of pyproject's list
-    # would be missing from the wheel while the editable install still finds it).
+    # would be missing from the wheel while the editable install still finds it), and nothing
+    # else (research/ and benchmarks/ run from a checkout).
     sources = {f"mrsa/{p.relative_to(ROOT / 'mrsa').as_posix()}" for p in (ROOT / "mrsa").glob("*.py")}
     for part in ("service", "rsa", "engine", "kernels", "evals"):
         sources |= {f"mrsa/{part}/{p.relative_to(ROOT / part).as_posix()}" for p in (ROOT / part).rglob("*.py")}
-    assert sources <= set(names), sorted(sources - set(names))
+    shipped = {n for n in names if n.endswith(".py")}
+    assert sources == shipped, (sorted(sources - shipped), sorted(shipped - sources))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "mrsa = mrsa.cli:main" in text and "zaya = mrsa.engine.zaya.plugin:register" in text
