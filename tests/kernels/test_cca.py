@@ -282,3 +282,18 @@ def test_bench_smoke() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "correctness: ok" in proc.stdout
+
+
+def test_conv_weight_changed_in_place_is_used(rng: Seeded) -> None:
+    """The kernels read the grouped conv weight in a tap-major copy kept per weight tensor
+    (_args.tap_major); a weight loaded or changed in place after a first call must be seen."""
+    hq, hk, d, dtype = 4, 2, 16, torch.float32
+    params = make_params(rng, hq, hk, d, dtype)
+    lens = [5, 3]
+    inputs = make_inputs(rng, sum(lens), hq, hk, d, dtype)
+    cu, pos = cu_of(lens), positions_of(rng, lens)
+    cca_prefill(*inputs, cu, pos, params)
+    params.conv_g_weight.copy_(rng.randn(*params.conv_g_weight.shape, dtype=dtype, scale=d**-0.5))
+    ref, got = cca_prefill_ref(*inputs, cu, pos, params), cca_prefill(*inputs, cu, pos, params)
+    for name in ref._fields:
+        assert_close(name, getattr(got, name), getattr(ref, name), dtype, rng)
