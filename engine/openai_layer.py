@@ -119,12 +119,16 @@ async def _call(model: Any, body: dict, handler: Callable[[Any], Awaitable[Any]]
         request = TypeAdapter(model).validate_python(body)
     except ValidationError as exc:
         return invalid(exc)
-    try:
-        result = await handler(request)
-    except Exception as exc:  # noqa: BLE001 - what vLLM's handlers let escape
-        # (a prompt over the context is a VLLMValidationError), answered as vllm serve's
-        # exception handlers answer it: client errors 4xx with their param, the rest 500.
-        result = create_error_response(exc)
+    except Exception as exc:  # noqa: BLE001 - a request model's own check: a named tool_choice
+        # without tools is a VLLMValidationError, no pydantic error (it was a 500)
+        request, result = None, create_error_response(exc)
+    if request is not None:
+        try:
+            result = await handler(request)
+        except Exception as exc:  # noqa: BLE001 - what vLLM's handlers let escape
+            # (a prompt over the context is a VLLMValidationError), answered as vllm serve's
+            # exception handlers answer it: client errors 4xx with their param, the rest 500.
+            result = create_error_response(exc)
     if isinstance(result, ErrorResponse):
         return OpenAIResult(status=result.error.code, body=result.model_dump())
     if isinstance(result, BaseModel):

@@ -92,6 +92,15 @@ async def test_an_invalid_body_is_vllms_400_naming_the_field() -> None:
     assert out.status == 400 and out.body["error"]["param"] == "temperature"
 
 
+async def test_a_request_models_own_check_is_a_400_not_a_500() -> None:
+    """vLLM's request model refuses a named tool_choice without tools by raising its own
+    VLLMValidationError, which pydantic does not wrap: vllm serve answers 400 naming tool_choice."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}}}
+    out = await _call(_chat_request(), body, _never)
+    assert out.status == 400 and out.body["error"]["param"] == "tool_choice", out.body
+
+
 async def test_a_valid_body_reaches_the_handler_as_vllms_request() -> None:
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 
