@@ -104,7 +104,7 @@ def test_no_import_cycles() -> None:
             visit(m)
 
 
-def test_nothing_shipped_imports_the_benchmarks_or_vllm_above_the_engine() -> None:
+def test_nothing_shipped_imports_the_benchmarks_research_or_vllm_above_the_engine() -> None:
     for module, path in SOURCES.items():
         names = set()
         for node in ast.walk(ast.parse(path.read_text())):
@@ -114,6 +114,7 @@ def test_nothing_shipped_imports_the_benchmarks_or_vllm_above_the_engine() -> No
                 names.add((node.module or "").split(".")[0])
         if module != "mrsa.cli":  # `mrsa bench` imports them from a checkout, and says so
             assert "benchmarks" not in names, f"{module} imports benchmarks/ (not shipped)"
+        assert "research" not in names, f"{module} imports research/ (not shipped)"
         if _part(module) in ("service", "evals"):
             assert not names & {"vllm", "torch"}, f"{module} imports {sorted(names & {'vllm', 'torch'})}"
         if _part(module) == "rsa":
