@@ -50,38 +50,46 @@ def _conv_head(
     HAS_G_BIAS: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    """Causal depthwise (K0 taps) then grouped (K1 taps, d x d per head) conv for one head: [BT, d]."""
+    """Causal depthwise (K0 taps) then grouped (K1 taps, d x d per head) conv for one head: [BT, d].
+
+    The exact fp32 (``IEEE``) dot, which runs on FMA units, contracts over input channels in
+    chunks of 32 (the depthwise conv is per channel, so each chunk's operand is computed on its
+    own): whole-d operands spilled kilobytes at d = 128. The tensor-core dot takes all d at once
+    (chunks made it spill a little more)."""
     S: tl.constexpr = K0 + K1 - 2
     C: tl.constexpr = (HQ + HK) * D
+    DK: tl.constexpr = 32 if IEEE and D > 32 else D
     acc = tl.zeros((x_rows.shape[0], D), dtype=tl.float32)
     for s in tl.static_range(K1):
-        # Depthwise output at time t - (K1 - 1 - s); includes the bias even over zero padding,
-        # as nn.Conv1d does on transformers' zero-padded input.
-        dw = tl.zeros((x_rows.shape[0], D), dtype=tl.float32)
-        if HAS_DW_BIAS:
-            dw += tl.load(bdw_ptr + cb + cols).to(tl.float32)[None, :]
-        for a in tl.static_range(K0):
-            o = (K1 - 1 - s) + (K0 - 1 - a)  # static_range indices: a compile-time constant
-            # The tap is an input row or a state row (or zero): two masked loads with disjoint
-            # masks, summed, rather than one load through a selected [BT, d] pointer tile (which
-            # would hold 64-bit pointers per element in registers).
-            in_x = row_ok & (pis >= o)
-            in_st = st_ok & (pis < o)
-            xo = tl.load(x_rows[:, None] - o * x_stride + cols[None, :], mask=in_x[:, None], other=0.0).to(tl.float32)
-            xo += tl.load(
-                st_rows[:, None] + (S - o + pis)[:, None] * st_stride + cols[None, :], mask=in_st[:, None], other=0.0
-            ).to(tl.float32)
-            w = tl.load(wdw_ptr + (cb + cols) * K0 + a).to(tl.float32)
-            dw += xo * w[None, :]
-        # W_s^T as a [d_in, d_out] tile: the [d_out, d_in] rows of tap s in the tap-major
-        # [K1, C, d] weight (_args.tap_major), transposed for the dot.
-        wt = tl.trans(tl.load(wg_ptr + (s * C + cb + cols[:, None]) * D + cols[None, :]))
-        if IEEE:
-            # fp32 inputs, or the interpreter (whose bf16 dot is broken): round the operand to the
-            # weight dtype like the tensor-core path, then an exact fp32 dot.
-            acc = tl.dot(dw.to(wt.dtype).to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(dw.to(wt.dtype), wt, acc)
+        for kc in tl.static_range(D // DK):
+            ck = kc * DK + tl.arange(0, DK)  # this chunk's input channels
+            # Depthwise output at time t - (K1 - 1 - s); includes the bias even over zero padding,
+            # as nn.Conv1d does on transformers' zero-padded input.
+            dw = tl.zeros((x_rows.shape[0], DK), dtype=tl.float32)
+            if HAS_DW_BIAS:
+                dw += tl.load(bdw_ptr + cb + ck).to(tl.float32)[None, :]
+            for a in tl.static_range(K0):
+                o = (K1 - 1 - s) + (K0 - 1 - a)  # static_range indices: a compile-time constant
+                # The tap is an input row or a state row (or zero): two masked loads with disjoint
+                # masks, summed, rather than one load through a selected [BT, DK] pointer tile
+                # (which would hold 64-bit pointers per element in registers).
+                in_x = row_ok & (pis >= o)
+                in_st = st_ok & (pis < o)
+                xo = tl.load(x_rows[:, None] - o * x_stride + ck[None, :], mask=in_x[:, None], other=0.0).to(tl.float32)
+                xo += tl.load(
+                    st_rows[:, None] + (S - o + pis)[:, None] * st_stride + ck[None, :], mask=in_st[:, None], other=0.0
+                ).to(tl.float32)
+                w = tl.load(wdw_ptr + (cb + ck) * K0 + a).to(tl.float32)
+                dw += xo * w[None, :]
+            # W_s^T rows ck as a [DK, d_out] tile: tap s of the tap-major [K1, C, d] weight
+            # (_args.tap_major) read as [d_out, DK] rows, transposed for the dot.
+            wt = tl.trans(tl.load(wg_ptr + (s * C + cb + cols[:, None]) * D + ck[None, :]))
+            if IEEE:
+                # fp32 inputs, or the interpreter (whose bf16 dot is broken): round the operand to
+                # the weight dtype like the tensor-core path, then an exact fp32 dot.
+                acc = tl.dot(dw.to(wt.dtype).to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(dw.to(wt.dtype), wt, acc)
     if HAS_G_BIAS:
         acc += tl.load(bg_ptr + cb + cols).to(tl.float32)[None, :]
     return acc

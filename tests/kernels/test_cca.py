@@ -1,6 +1,6 @@
 """Triton CCA kernels vs the PyTorch reference: fresh random inputs and a fresh seed per check,
 NaN-poisoned outputs (every element must be written), ragged packed batches, GQA groups 1/2/4,
-head dims 16/32, fp32 (rel. error < 1e-5) and bf16 (< 1e-2). On CUDA the same tests run on the GPU;
+head dims 16/32/64, fp32 (rel. error < 1e-5) and bf16 (< 1e-2). On CUDA the same tests run on the GPU;
 without one they run through Triton's interpreter (see conftest.py)."""
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ PREFILL_CASES = [  # (heads, sequence lengths, initial states given)
     ((8, 2, 16), [1, 5, 17], True),  # G = 4 (ZAYA1's grouping)
     ((8, 2, 16), [0, 4, 1, 0], True),  # empty sequences; one 16-token tile
     ((3, 1, 16), [7, 1, 2], False),  # odd Hk: the value head straddles v_cur / v_delayed
+    ((4, 2, 64), [3, 18], True),  # d = 64: the fp32 conv contracts in two 32-channel chunks
 ]
 
 
@@ -159,6 +160,7 @@ DECODE_CASES = [  # (heads, requests): 19 requests span two 16-request tiles
     ((8, 2, 16), 1),
     ((8, 2, 16), 19),
     ((3, 1, 16), 5),
+    ((4, 2, 64), 5),  # d = 64: chunked fp32 contraction
 ]
 
 
