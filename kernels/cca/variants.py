@@ -56,9 +56,10 @@ class Variant:
         return self
 
 
-# Every value each switch field of Variant takes in a CUDA launch. The kernels run bf16 and fp32
-# activations (fp16 works the same way but no ZAYA checkpoint or test uses it); the engine's CCA
-# layers always carry both conv biases, the kernel API also takes layers without them.
+# Every value each switch field of Variant takes in a CUDA launch; launch() refuses others, so
+# nothing uncompiled by tests/kernels/test_compile.py can launch. bf16 and fp32 activations (no
+# ZAYA checkpoint or test uses fp16); the engine's CCA layers always carry both conv biases, the
+# kernel API also takes layers without them.
 SWITCHES: dict[str, tuple[object, ...]] = {
     "kind": ("prefill", "decode"),
     "dtype": (torch.bfloat16, torch.float32),
@@ -84,6 +85,8 @@ class Launch:
 def launch(v: Variant, device_type: str = "cuda") -> Launch:
     """Tile rows, warps and constexprs for variant ``v`` on a ``device_type`` device ("cpu" means
     Triton's interpreter, whose bf16 dot is broken, so it takes the exact fp32 dot there too)."""
+    if v.dtype not in SWITCHES["dtype"]:
+        raise ValueError(f"the CCA kernels take {[str(t) for t in SWITCHES['dtype']]} activations, got {v.dtype}")
     g = v.geometry
     rows = BLOCK_ROWS
     constexprs: dict[str, int | bool] = dict(

@@ -11,6 +11,7 @@ from ZAYA1-8B's config (transformers' ``ZayaConfig`` defaults) and the tiny test
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import ZayaConfig
 
@@ -73,3 +74,10 @@ def test_launchers_only_build_listed_variants(monkeypatch, rng: Seeded) -> None:
     assert len(seen) == 6
     for v in seen:
         assert v.normal() in variants(v.geometry), v
+
+
+def test_launch_refuses_a_dtype_no_variant_has() -> None:
+    """fp16 is not in SWITCHES, so nothing compiled it: the launchers must not run it."""
+    geometry = GEOMETRIES["tiny"][0]
+    with pytest.raises(ValueError, match="float16"):
+        launch(Variant("decode", geometry, torch.float16, True, True, True))
