@@ -192,6 +192,8 @@ class RunManager:
                     log.info("took over %d runs whose replica stopped", took)
             except StoreError as exc:  # the database is away: the leases run out, others take over
                 log.warning("run leases not renewed: %s", exc.message)
+            except Exception:  # a bug must not stop the renewals (this replica's runs would move)
+                log.exception("run lease renewal failed")
 
     def _wake(self, run_id: str | None) -> None:
         """Another replica logged an event of ``run_id`` (None: of any run)."""
