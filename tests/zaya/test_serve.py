@@ -1,9 +1,11 @@
-"""ZAYA end to end: ``mrsa serve --model <tiny ZAYA checkpoint> --reasoning-parser qwen3`` (the
-plugin is found through its vLLM entry point; the parser is ZAYA1-8B's) answers an RSA request
-through the HTTP API, its answer split by vLLM's parser as ``vllm serve`` splits a plain one.
+"""ZAYA end to end: ``mrsa serve --model <tiny ZAYA checkpoint>`` with no parser flag (the
+plugin is found through its vLLM entry point; a ZAYA checkpoint brings the ``zaya`` reasoning
+and tool-call parsers, engine/parsers.py) answers an RSA request through the HTTP API, its
+answer split by vLLM's parser as ``vllm serve`` splits a plain one.
 
-The tiny model writes random bytes and never closes a think section, so for qwen3's parser
-every output is thinking: the answer arrives in ``reasoning`` with no ``content``."""
+The tiny model writes random bytes and never closes a think section, so for zaya's parser
+(Qwen3's grammar) every output is thinking: the answer arrives in ``reasoning`` with no
+``content``."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from tests.e2e.conftest import Server, start_server, stop_server
 def zaya_server(tiny_zaya: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc, srv = start_server(
         tmp_path_factory.mktemp("zaya-server"),
-        args=("--model", str(tiny_zaya), "--served-model-name", "tiny-zaya", "--reasoning-parser", "qwen3"),
+        args=("--model", str(tiny_zaya), "--served-model-name", "tiny-zaya"),
     )
     try:
         yield srv
@@ -74,3 +76,16 @@ def test_plain_completion_on_zaya_is_seeded(zaya_server: Server) -> None:
     assert a.choices[0].message.model_extra["reasoning"] == b.choices[0].message.model_extra["reasoning"]
     assert a.choices[0].message.model_extra["reasoning"] and a.choices[0].message.content is None
     assert 0 < a.usage.completion_tokens <= 12
+
+
+def test_a_forced_tool_call_on_zaya_needs_no_parser_flag(zaya_server: Server) -> None:
+    """The checkpoint's zaya tool-call parser is on: without it vLLM refuses a named tool_choice
+    (400 "requires --tool-call-parser"). The random model's call, if any, names the tool."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}, "required": ["city"]}}}
+    out = zaya_server.client().chat.completions.create(
+        model="tiny-zaya", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=48, seed=1,
+    )
+    assert out.model == "tiny-zaya" and out.choices
+    assert all(call.function.name == "get_weather" for call in out.choices[0].message.tool_calls or [])
