@@ -47,34 +47,61 @@ def _as_owner(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+class PostgresServer:
+    """A server in a folder of its own; :meth:`stop` and :meth:`start` again keep its data."""
+
+    def __init__(self) -> None:
+        self.bindir = _bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="mrsa-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = _free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                   "-E", "UTF8", "--no-sync"], timeout=120)
+
+    def _run(self, cmd: list[str], timeout: float) -> None:
+        try:
+            subprocess.run(_as_owner(cmd), check=True, capture_output=True, timeout=timeout)
+        except subprocess.CalledProcessError as exc:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{cmd[0]} failed: {exc.stderr.decode()[-2000:]}\n{tail}") from exc
+
+    def start(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off " \
+                  "-c max_connections=200"
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
+                   "-w", "-t", "60", "start"], timeout=90)
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run(_as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                      "-w", "stop"]), capture_output=True, timeout=60)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """Start a server; yields the URL of its ``postgres`` database; stops and removes it after."""
-    bindir = _bindir()
-    root = Path(tempfile.mkdtemp(prefix="mrsa-pg-"))
-    data = root / "data"
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        os.chown(root, user.pw_uid, user.pw_gid)
-    port = _free_port()
-    log = root / "server.log"
-    try:
-        subprocess.run(_as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                  "-E", "UTF8", "--no-sync"]),
-                       check=True, capture_output=True, timeout=120)
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=off " \
-                  "-c max_connections=200"
-        subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                                  "-w", "-t", "60", "start"]), check=True, capture_output=True, timeout=90)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    except subprocess.CalledProcessError as exc:
-        tail = log.read_text()[-2000:] if log.exists() else ""
-        raise RuntimeError(f"{exc.cmd[0]} failed: {exc.stderr.decode()[-2000:]}\n{tail}") from exc
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                           capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with PostgresServer() as server:
+        yield server.url
 
 
 def fresh_database(server_url: str) -> str:

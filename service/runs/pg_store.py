@@ -186,8 +186,10 @@ class PgStore:
         self.url = url
         self.replica = replica or default_replica_name()
         self.lease_s = lease_s
+        # timeout: a call waits at most this long for a connection, then answers 503 (the
+        # database is away) instead of holding the request.
         self._pool = ConnectionPool(url, min_size=1, max_size=4, open=False, check=ConnectionPool.check_connection,
-                                    name="mrsa-store")
+                                    name="mrsa-store", timeout=5.0, kwargs={"connect_timeout": 5})
         self._pool.open(wait=True, timeout=30)
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None

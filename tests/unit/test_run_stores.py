@@ -297,3 +297,30 @@ def test_appended_events_wake_the_other_replicas(postgres_url: str) -> None:
     finally:
         writer.close()
         follower.close()
+
+
+def test_a_store_whose_database_went_away_answers_503_and_loses_nothing() -> None:
+    """The database stops under a replica: calls fail as 503 store_unavailable (never a 500, nor
+    a request held for long); once it is back the pool reconnects and what was committed is all
+    there."""
+    from mrsa.service.runs.store import StoreError
+    from tests.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        store = _pg(server.url, "r")
+        store.create("run_a", "", SPEC, {"event": "run_started"})
+        server.stop()
+        with pytest.raises(StoreError) as info:
+            store.get("run_a")
+        assert info.value.status == 503 and info.value.code == "store_unavailable"
+        server.start()  # the same data
+        deadline = time.monotonic() + 60
+        while True:  # the pool replaces its broken connections
+            try:
+                run = store.get("run_a")
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "the store did not come back"
+                time.sleep(0.5)
+        assert run is not None and [e["event"] for _, e in store.events("run_a")] == ["run_started"]
+        store.close()
