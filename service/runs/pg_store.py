@@ -127,6 +127,14 @@ CREATE TABLE idempotency (
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX idempotency_by_object ON idempotency (object_id);
+-- A stored record as JSON, or NULL where it does not parse (a corrupt row counts as none).
+CREATE FUNCTION mrsa_json(t TEXT) RETURNS JSON LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN t::json;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$$;
 """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -557,10 +565,10 @@ class PgStore:
     def progress(self, run_id: str) -> Progress:
         (row,) = self._read(
             "SELECT COUNT(*), "
-            "COALESCE(SUM((record::json->>'prompt_tokens')::bigint), 0), "
-            "COALESCE(SUM((record::json->>'completion_tokens')::bigint), 0), "
-            "COALESCE(SUM((record::json->>'cached_tokens')::bigint), 0) "
-            "FROM nodes WHERE run_id = %s", (run_id,),
+            "COALESCE(SUM((mrsa_json(record)->>'prompt_tokens')::bigint), 0), "
+            "COALESCE(SUM((mrsa_json(record)->>'completion_tokens')::bigint), 0), "
+            "COALESCE(SUM((mrsa_json(record)->>'cached_tokens')::bigint), 0) "  # absent in older records
+            "FROM nodes WHERE run_id = %s AND mrsa_json(record) IS NOT NULL", (run_id,),  # a corrupt one counts as none
         )
         return Progress(nodes=row[0], prompt_tokens=int(row[1]), completion_tokens=int(row[2]),
                         reasoning_tokens=int(row[2]), cached_tokens=int(row[3]))

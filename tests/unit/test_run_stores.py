@@ -173,6 +173,29 @@ def test_a_quarantined_run_ends_failed(store: RunStore) -> None:
     assert store.quarantine("run_q", "again") is None
 
 
+def _corrupt_node(store: RunStore, run_id: str) -> None:
+    """A checkpoint row that does not parse, written behind the store's back."""
+    sql = "INSERT INTO nodes (run_id, round, idx, record) VALUES ('{}', 9, 9, '{{not json')".format(run_id)
+    if isinstance(store, PgStore):
+        with psycopg.connect(store.url) as conn:
+            conn.execute(sql)
+    else:
+        store._db.execute(sql)  # type: ignore[attr-defined]
+
+
+def test_a_corrupt_checkpoint_counts_as_none_and_its_records_say_so(store: RunStore) -> None:
+    from mrsa.service.runs.store import StoreError
+
+    store.create("run_c", "", SPEC, {"event": "run_started"})
+    store.checkpoint("run_c", _record(0, 0), {"event": "node_finished"}, 1.0)
+    _corrupt_node(store, "run_c")
+    progress = store.progress("run_c")
+    assert (progress.nodes, progress.completion_tokens) == (1, 5)
+    with pytest.raises(StoreError) as info:
+        store.records("run_c")
+    assert info.value.status == 500 and info.value.code == "store_corrupt"
+
+
 # ------------------------------------------------------------------------- PostgreSQL only
 
 
