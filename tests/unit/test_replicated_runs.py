@@ -161,3 +161,20 @@ async def test_a_replica_that_stops_hands_its_runs_to_another(postgres_url: str,
     assert run["progress"]["attempts"] == 2 and log.count("run_resumed") == 1 and log.count("run_completed") == 1
     assert 0 < len(survivor.requests) <= 13 - partial["progress"]["nodes_finished"]
     _same_outcome(run, reference)
+
+
+async def test_an_idempotency_key_holds_across_replicas(postgres_url: str) -> None:
+    """A client that retries on another replica with the same key gets the run the first one
+    accepted (racing repeats on both replicas make one run); another body is a 409."""
+    shared = {"store_url": postgres_url, "store_lease_s": LEASE_S}
+    body = {"model": "fake-model", "messages": QUESTION, "rsa": RSA}
+    async with serving(_engine(delay=0.01), **shared) as a, serving(_engine(delay=0.01), **shared) as b:
+        answers = await asyncio.gather(*(http.post("/v1/rsa/runs", json=body, headers={"Idempotency-Key": "k"})
+                                         for http in (a, b, a, b)))
+        assert {r.status_code for r in answers} == {202}
+        assert len({r.json()["id"] for r in answers}) == 1
+        assert sum(r.headers.get("idempotent-replayed") == "true" for r in answers) == 3
+        other = await b.post("/v1/rsa/runs", json={**body, "rsa": {**RSA, "seed": 12}}, headers={"Idempotency-Key": "k"})
+        assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+        run = await wait_status(b, answers[0].json()["id"], {"completed"})
+    assert run["progress"]["attempts"] == 1
