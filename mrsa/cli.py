@@ -159,7 +159,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     # Benchmarks with flags of their own (mrsa bench NAME --help); the rest is benchmarks/run.py.
     own = {"load": "benchmarks.load", "plain": "benchmarks.plain_vs_vllm", "engine": "benchmarks.engine_speed",
-           "effort": "benchmarks.effort", "chaos": "benchmarks.chaos"}
+           "effort": "benchmarks.effort", "chaos": "benchmarks.chaos", "replica-chaos": "benchmarks.replica_chaos"}
     which = args.bench_args[0] if args.bench_args else None
     if which in own:
         return importlib.import_module(own[which]).main(args.bench_args[1:])
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="benchmarks (from a checkout): P1 HTTP overhead, P3 dataflow vs rounds; "
         "`bench load`: concurrent clients; `bench engine`: engine tok/s per dtype and CPU reserve; "
-        "`bench plain`: plain requests here vs vllm serve; `bench chaos`: kill -9 and restarts under load"
+        "`bench plain`: plain requests here vs vllm serve; `bench chaos`: kill -9 and restarts under load; "
+        "`bench replica-chaos`: the same on two API replicas over one PostgreSQL store"
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
