@@ -116,7 +116,7 @@ async def test_rsa_run_logs_carry_request_and_run_ids() -> None:
     stream, handler = _capture(logging.getLogger("mrsa.service.rsa_chat"))
     logging.getLogger("mrsa.service.rsa_chat").setLevel(logging.INFO)
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}],
-            "rsa": {"population": 2, "k": 1, "rounds": 2, "tail_tokens": 8, "trace_max_tokens": 32, "seed": 1}}
+            "rsa": {"population": 2, "k": 1, "rounds": 2, "tail_tokens": 8, "trace_max_tokens": 64, "seed": 1}}
     try:
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

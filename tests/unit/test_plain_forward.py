@@ -83,7 +83,7 @@ async def test_models_are_the_layers_cards_with_the_efforts(served) -> None:
     _, http = served
     (card,) = (await http.get("/v1/models")).json()["data"]
     assert card["owned_by"] == "vllm" and card["root"] == "fake-model"  # the layer's own card
-    assert card["reasoning_efforts"] == ["low", "medium", "high", "xhigh"]
+    assert card["reasoning_efforts"] == ["low", "medium", "high", "xhigh", "auto"]
 
 
 async def test_a_layer_failure_after_the_200_is_an_error_chunk() -> None:
