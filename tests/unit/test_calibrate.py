@@ -266,13 +266,13 @@ async def test_replay_only_answers_from_the_memo_and_a_missing_sample_fails_only
 
 
 def test_the_documented_calibrate_command_parses() -> None:
-    """README's mrsa calibrate command: its flags exist and every --run is a configuration."""
+    """The mrsa calibrate command of docs/evaluation.md: its flags exist and every --run is a configuration."""
     import re
     import shlex
 
     from mrsa.cli import build_parser
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
     (command,) = re.findall(r"\.venv/bin/mrsa (calibrate .*?)\n(?!\s)", readme.replace("\\\n", " "), re.S)
     args = build_parser().parse_args(shlex.split(command))
     assert args.func.__name__ == "_calibrate" and args.replay_only and args.size == 150

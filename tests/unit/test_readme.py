@@ -1,5 +1,6 @@
-"""README says what the code does: its tables of defaults against the settings models, and
-every documented `mrsa eval` command against the context check it would meet."""
+"""README and the pages under docs/ say what the code does: their tables of defaults against
+the settings models, every documented `mrsa eval` command against the context check it would
+meet, every table well formed and every relative link resolving."""
 
 from __future__ import annotations
 
@@ -19,15 +20,20 @@ from mrsa.rsa.prompts import check_context
 from mrsa.service.settings import AdmissionSettings, Settings
 from tests.fakes import FakeTokenizer
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+# README and every page under docs/, by their path from the checkout's root.
+PAGES = {
+    p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 CPU_MAX_MODEL_LEN = device_defaults(EngineConfig(), cpu=True, native_bf16=False)["max_model_len"]
 # A long competition problem: the documented commands must leave room for one.
 QUESTION = [{"role": "user", "content": " ".join(["word"] * 400)}]
 
 
-def _table(heading: str) -> list[list[str]]:
-    """The body rows (cells stripped) of the first table after ``heading``."""
-    lines = README.split(heading, 1)[1].splitlines()
+def _table(page: str, heading: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first table after ``heading`` on ``page``."""
+    assert heading in PAGES[page], f"{heading!r} is not on {page}"
+    lines = PAGES[page].split(heading, 1)[1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
     for line in lines[start + 2:]:  # after the header and its separator
@@ -38,9 +44,9 @@ def _table(heading: str) -> list[list[str]]:
     return rows
 
 
-def _defaults(heading: str) -> dict[str, str]:
+def _defaults(page: str, heading: str) -> dict[str, str]:
     """The first column against the last (the default) of the table after ``heading``."""
-    return {row[0]: row[-1] for row in _table(heading)}
+    return {row[0]: row[-1] for row in _table(page, heading)}
 
 
 def _shown(value: object) -> str:
@@ -48,7 +54,7 @@ def _shown(value: object) -> str:
 
 
 def test_the_rsa_table_shows_the_defaults_of_rsa_params() -> None:
-    rows = _defaults("### The `rsa` object")
+    rows = _defaults("docs/api.md", "### The `rsa` object")
     defaults = RsaParams()
     checked = 0
     for names, shown in rows.items():
@@ -67,7 +73,7 @@ def test_the_rsa_table_shows_the_defaults_of_rsa_params() -> None:
 
 
 def test_the_admission_table_shows_the_settings_defaults() -> None:
-    rows = _defaults("### Admission and limits")
+    rows = _defaults("docs/operations.md", "### Admission and limits")
     admission = AdmissionSettings()
     for field in AdmissionSettings.model_fields:
         assert rows[f"`MRSA_ADMISSION__{field.upper()}`"] == _shown(getattr(admission, field)), field
@@ -75,24 +81,36 @@ def test_the_admission_table_shows_the_settings_defaults() -> None:
     assert rows["`MRSA_STORE_TTL_S`"] == f"{Settings().store_ttl_s:g}"
 
 
-def _commands() -> list[tuple[list[str], list[str]]]:
-    """Every ``mrsa eval`` of a sh block in README, with the ``mrsa serve`` of the same block."""
+def _sh_lines(text: str) -> list[list[str]]:
+    """The words of every line of every sh block of ``text`` (continuation lines joined)."""
+    return [
+        shlex.split(line, comments=True)
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
+
+
+def _commands() -> list[tuple[str, list[str], list[str]]]:
+    """Every ``mrsa eval`` of a sh block of every page, with the ``mrsa serve`` of the same block."""
     found = []
-    for block in re.findall(r"```sh\n(.*?)```", README, re.S):
-        lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
-        serve = next((w[w.index("serve") + 1:] for w in lines if "serve" in w and any(x.endswith("mrsa") for x in w)), [])
-        for words in lines:
-            if "eval" in words and any(x.endswith("mrsa") for x in words):
-                found.append((words[words.index("eval") + 1:], serve))
+    for page, text in PAGES.items():
+        for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+            lines = _sh_lines(f"```sh\n{block}```")
+            serve = next((w[w.index("serve") + 1:] for w in lines if "serve" in w and any(x.endswith("mrsa") for x in w)), [])
+            for words in lines:
+                if "eval" in words and any(x.endswith("mrsa") for x in words):
+                    found.append((page, words[words.index("eval") + 1:], serve))
     return found
 
 
-def test_readme_documents_eval_commands() -> None:
+def test_the_pages_document_eval_commands() -> None:
     assert len(_commands()) >= 3
 
 
-@pytest.mark.parametrize(("argv", "serve"), _commands(), ids=lambda v: " ".join(v)[:60])
-def test_every_documented_eval_command_fits_its_context(argv: list[str], serve: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("page", "argv", "serve"), _commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60]
+)
+def test_every_documented_eval_command_fits_its_context(page: str, argv: list[str], serve: list[str]) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([a for a in argv if a != "&"])
@@ -112,13 +130,13 @@ def test_the_effort_table_shows_the_presets() -> None:
     planned = {effort: preset for effort, preset in EFFORT_PRESETS.items() if preset.get("method", "rsa") == "rsa"}
     rows = {
         cells[0].strip("`"): tuple(int(c) for c in cells[1:4])
-        for cells in _table("### `reasoning_effort`") if cells[0].strip("`") in planned
+        for cells in _table("docs/api.md", "### `reasoning_effort`") if cells[0].strip("`") in planned
     }
     defaults = RsaParams()
     for effort, preset in planned.items():
         params = defaults.model_copy(update=preset)
         assert rows[effort] == (params.population, params.k, params.rounds), effort
-    section = README.split("### `reasoning_effort`", 1)[1].split("\n## ", 1)[0]
+    section = PAGES["docs/api.md"].split("### `reasoning_effort`", 1)[1].split("\n## ", 1)[0]
     for effort in EFFORT_PRESETS.keys() - planned.keys():  # adaptive: no fixed N, K, T
         assert f"`{effort}`" in section, effort
 
@@ -127,6 +145,44 @@ def test_the_flag_table_names_the_shortcuts_and_their_settings() -> None:
     from mrsa.cli import SHORT_FLAGS
 
     documented = {
-        cells[0].strip("`").lstrip("-"): re.match(r"`([a-z_.]+)`", cells[1])[1] for cells in _table("## Configuration")
+        cells[0].strip("`").lstrip("-"): re.match(r"`([a-z_.]+)`", cells[1])[1] for cells in _table("docs/operations.md", "## Configuration")
     }
     assert documented == {flag: path for path, flag in SHORT_FLAGS.items()}
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {_slug(h) for h in re.findall(r"^#+ (.+)$", outside_code, re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page: str) -> None:
+    """Links to files and headings, the moved pages' included: the target exists, and so does its anchor."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", PAGES[page]):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (ROOT / page).parent / path if path else ROOT / page
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+            broken.append(target)
+    assert not broken, f"{page}: {broken}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_table_is_well_formed(page: str) -> None:
+    """Each row of a table has as many cells as its header, and the header its separator."""
+    text = re.sub(r"```.*?```", "", PAGES[page], flags=re.S)
+    tables = re.findall(r"(?:^\|.*\|[ \t]*\n)+", text, re.M)
+    for table in tables:
+        rows = [[c for c in row.strip().strip("|").split("|")] for row in table.splitlines()]
+        assert len(rows) >= 3 and set("".join(rows[1])) <= set("-: "), table
+        assert all(len(row) == len(rows[0]) for row in rows), table
+
