@@ -1,6 +1,7 @@
 """README and the pages under docs/ say what the code does: their tables of defaults against
 the settings models, every documented `mrsa eval` command against the context check it would
-meet, every table well formed and every relative link resolving."""
+meet, every table well formed and every relative link resolving; and README stays a front page
+(short, with exactly the two setup commands)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = {
     p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 }
+README_MAX_LINES = 200
 CPU_MAX_MODEL_LEN = device_defaults(EngineConfig(), cpu=True, native_bf16=False)["max_model_len"]
 # A long competition problem: the documented commands must leave room for one.
 QUESTION = [{"role": "user", "content": " ".join(["word"] * 400)}]
@@ -186,3 +188,19 @@ def test_every_table_is_well_formed(page: str) -> None:
         assert len(rows) >= 3 and set("".join(rows[1])) <= set("-: "), table
         assert all(len(row) == len(rows[0]) for row in rows), table
 
+
+def test_readme_is_a_front_page() -> None:
+    """Short enough to read in five minutes; the rest lives under docs/, and README links every page."""
+    readme = PAGES["README.md"]
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    for page in PAGES:
+        if page != "README.md":
+            assert f"]({page})" in readme, f"README does not link {page}"
+
+
+def test_readme_holds_exactly_the_two_setup_commands() -> None:
+    readme = PAGES["README.md"]
+    setup = readme.split("\n## Setup", 1)[1].split("\n## ", 1)[0]
+    assert [w for w in _sh_lines(setup) if w] == [["make", "serve"], ["make", "test"]]
+    makes = [w for w in _sh_lines(readme) if w and w[0] == "make"]
+    assert makes == [["make", "serve"], ["make", "test"]], makes
