@@ -10,7 +10,7 @@ the machine falls on both:
 - throughput: ``--concurrency`` such requests at once, generated tokens per second.
 
 Goal: the service within 5% of ``vllm serve`` (ratios of the medians). Then, on the same service,
-one RSA run with the server's defaults (README's example question, seed 1): its usage says what
+one RSA run with the server's defaults (the example question of docs/api.md, seed 1): its usage says what
 share of an RSA run's prompt tokens vLLM's prefix cache served (``cached_tokens``). Results
 are printed and written as JSON to ``benchmarks/results/``.
 """

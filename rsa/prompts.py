@@ -14,7 +14,7 @@ Compare prompts put the problem first, the candidates as "attempts" under the sa
 then their distinct answers side by side ("The attempts disagree: they answer 26, 18.") and a
 request to solve the problem anew, checking each step of the attempts against one's own. On
 GSM8K's mixed prompts (one right candidate of two) Qwen2.5-Coder-1.5B kept the right answer 46
-times of 70 this way against 40 with the annotated wording (README, Evaluation).
+times of 70 this way against 40 with the annotated wording (docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ class PackagedModel:
     params_b: float
     """Parameters in billions: RAM needed is about 4 bytes each in float32."""
     upstream: str
-    """Where the weights come from, for README and the checksum manifest."""
+    """Where the weights come from, for docs/setup.md and the checksum manifest."""
     tool_call_parser: str | None = None
     """vLLM's tool-call parser for the model's tool-call format (engine/parsers.py: on by default)."""
     reasoning_parser: str | None = None
@@ -90,7 +90,7 @@ QWEN25_CODER_05B = PackagedModel(
 CATALOG: dict[str, PackagedModel] = {m.name: m for m in (SMOLLM2_135M, QWEN25_CODER_15B, QWEN25_CODER_05B)}
 
 DEFAULT_MODEL = QWEN25_CODER_15B.name
-"""What ``mrsa serve`` serves without ``--model``: chosen by measurement (README, "Choosing the
+"""What ``mrsa serve`` serves without ``--model``: chosen by measurement (docs/evaluation.md, "Choosing the
 default model"). On the first 36 GSM8K dev problems, same seeds, the 1.5B answers more than
 twice as many as the 0.5B (single sample 17 vs 7, majority@8 25 vs 13), and only the 1.5B keeps
 a right candidate more often than chance when aggregating (24 of 37 mixed prompts, chance 18.5).

@@ -244,7 +244,7 @@ def test_cpu_dockerfile_installs_like_install_sh_and_provisions_the_model() -> N
 @pytest.mark.vllm_api
 @pytest.mark.skipif(not (Path(sys.executable).parent / "vllm").exists(), reason="no vllm in this environment")
 def test_the_vllm_command_runs() -> None:
-    """`vllm serve` is what README tells replica users to run: the command must start."""
+    """`vllm serve` is what docs/operations.md tells replica users to run: the command must start."""
     vllm = Path(sys.executable).parent / "vllm"
     out = subprocess.run([str(vllm), "--version"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and re.search(r"\d+\.\d+", out.stdout), out.stderr[-2000:]

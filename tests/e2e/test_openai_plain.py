@@ -101,7 +101,7 @@ def shape(value: Any) -> Any:
 def _start_vllm(model: str, name: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     log = tmp / f"vllm-{port}.log"
-    vllm = Path(sys.executable).parent / "vllm"  # as README says to run it
+    vllm = Path(sys.executable).parent / "vllm"  # as docs/operations.md says to run it
     proc = subprocess.Popen(
         [str(vllm), "serve", model, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
          *VLLM_FLAGS, *PARSER],

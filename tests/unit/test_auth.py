@@ -46,7 +46,7 @@ async def test_every_endpoint_but_health_needs_a_key(method: str, path: str, aut
 
 
 async def test_the_trace_page_is_open_and_holds_no_data() -> None:
-    """README: with keys on, /health and the trace view's static page and script are open;
+    """docs/operations.md (API keys): with keys on, /health and the trace view's static page and script are open;
     the page's own API calls carry the key typed into it. /docs is not open."""
     async with serving(FakeEngine(), api_keys=KEYS) as http:
         page, script = await http.get("/trace"), await http.get("/trace/trace.js")
