@@ -42,7 +42,6 @@ order).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -58,6 +57,7 @@ from psycopg_pool import ConnectionPool
 
 from mrsa.rsa.events import NodeRecord
 from mrsa.service.runs.store import (
+    RUN_COLUMNS,
     TERMINAL,
     Idempotent,
     Progress,
@@ -66,6 +66,9 @@ from mrsa.service.runs.store import (
     _dumps,
     _loads,
     _storable,
+    records_from_rows,
+    run_from_row,
+    runs_from_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,6 @@ CHANNEL = "mrsa_events"
 MIGRATION_LOCK = 0x6D727361  # "mrsa"
 UNFINISHED = "status IN ('queued', 'running')"
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
-RUN_COLUMNS = "id, owner, status, created, updated, spec, result, error, elapsed_s, attempts"
 
 # The schema's history, oldest first: (version, SQL). Append, never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -465,7 +467,7 @@ class PgStore:
             f"ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {RUN_COLUMNS}",
             (self.replica, self.lease_s, limit),
         ).fetchall())
-        return self._runs(rows)
+        return runs_from_rows(rows)
 
     def heartbeat(self, run_ids: list[str]) -> set[str]:
         """Renew this replica's leases on ``run_ids``; returns the ones it still holds (a run
@@ -526,41 +528,17 @@ class PgStore:
         if not _key(run_id):
             return None
         rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,))
-        return self._run(rows[0]) if rows else None
-
-    @staticmethod
-    def _run(row: tuple) -> StoredRun:
-        what = f"run {row[0]}"
-        return StoredRun(
-            id=row[0], owner=row[1], status=row[2], created=row[3], updated=row[4],
-            spec=_loads(row[5], what),
-            result=None if row[6] is None else _loads(row[6], what),
-            error=None if row[7] is None else _loads(row[7], what),
-            elapsed_s=row[8], attempts=row[9],
-        )
-
-    @classmethod
-    def _runs(cls, rows: list[tuple]) -> tuple[list[StoredRun], list[tuple[str, str]]]:
-        """The readable runs of ``rows``, oldest first, and ``(id, why)`` of the others."""
-        runs, bad = [], []
-        for row in sorted(rows, key=lambda r: r[3]):
-            try:
-                runs.append(cls._run(row))
-            except StoreError as exc:
-                bad.append((row[0], exc.message))
-        return runs, bad
+        return run_from_row(rows[0]) if rows else None
 
     def unfinished(self) -> tuple[list[StoredRun], list[tuple[str, str]]]:
         """Runs queued or running (on any replica), oldest first; and ``(id, why)`` of those
         among them whose stored row cannot be read (for :meth:`quarantine`)."""
-        return self._runs(self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED}"))
+        return runs_from_rows(self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED}"))
 
     def records(self, run_id: str) -> list[NodeRecord]:
-        rows = self._read("SELECT record FROM nodes WHERE run_id = %s ORDER BY round, idx", (run_id,))
-        try:
-            return [NodeRecord(**json.loads(r[0])) for r in rows]
-        except (ValueError, TypeError) as exc:
-            raise StoreError.corrupt(f"run {run_id}'s checkpoints", exc) from None
+        return records_from_rows(
+            run_id, self._read("SELECT record FROM nodes WHERE run_id = %s ORDER BY round, idx", (run_id,))
+        )
 
     def progress(self, run_id: str) -> Progress:
         (row,) = self._read(

@@ -207,6 +207,41 @@ def _loads(text: str, what: str) -> Any:
         raise StoreError.corrupt(what, exc) from None
 
 
+RUN_COLUMNS = "id, owner, status, created, updated, spec, result, error, elapsed_s, attempts"
+
+
+def run_from_row(row: tuple) -> StoredRun:
+    """A :class:`StoredRun` from a row of :data:`RUN_COLUMNS` (either store's)."""
+    what = f"run {row[0]}"
+    return StoredRun(
+        id=row[0], owner=row[1], status=row[2], created=row[3], updated=row[4],
+        spec=_loads(row[5], what),
+        result=None if row[6] is None else _loads(row[6], what),
+        error=None if row[7] is None else _loads(row[7], what),
+        elapsed_s=row[8], attempts=row[9],
+    )
+
+
+def runs_from_rows(rows: list[tuple]) -> tuple[list[StoredRun], list[tuple[str, str]]]:
+    """The readable runs of ``rows``, oldest first, and ``(id, why)`` of the others (for
+    ``quarantine``)."""
+    runs, bad = [], []
+    for row in sorted(rows, key=lambda r: r[3]):
+        try:
+            runs.append(run_from_row(row))
+        except StoreError as exc:
+            bad.append((row[0], exc.message))
+    return runs, bad
+
+
+def records_from_rows(run_id: str, rows: list[tuple]) -> list[NodeRecord]:
+    """A run's checkpoints from its ``record`` column, as stored (round, index order)."""
+    try:
+        return [NodeRecord(**json.loads(r[0])) for r in rows]
+    except (ValueError, TypeError) as exc:
+        raise StoreError.corrupt(f"run {run_id}'s checkpoints", exc) from None
+
+
 class Store:
     """The SQLite file. Every method is one transaction."""
 
@@ -472,45 +507,22 @@ class Store:
         owner, created, run_id, data = rows[0]
         return owner, created, run_id, _loads(data, f"response {response_id}")
 
-    _RUN_COLUMNS = "id, owner, status, created, updated, spec, result, error, elapsed_s, attempts"
-
     def get(self, run_id: str) -> StoredRun | None:
         if not _storable(run_id):
             return None
-        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-        return self._run(rows[0]) if rows else None
-
-    @staticmethod
-    def _run(row: tuple) -> StoredRun:
-        what = f"run {row[0]}"
-        return StoredRun(
-            id=row[0], owner=row[1], status=row[2], created=row[3], updated=row[4],
-            spec=_loads(row[5], what),
-            result=None if row[6] is None else _loads(row[6], what),
-            error=None if row[7] is None else _loads(row[7], what),
-            elapsed_s=row[8], attempts=row[9],
-        )
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return run_from_row(rows[0]) if rows else None
 
     def unfinished(self) -> tuple[list[StoredRun], list[tuple[str, str]]]:
         """Runs that were queued or running when the last server stopped, oldest first; and
         ``(id, why)`` of those among them whose stored row cannot be read (for
         :meth:`quarantine`), which a start-up sets aside instead of failing on."""
-        rows = self._read(f"SELECT {self._RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running') "
-                          "ORDER BY created", ())
-        runs, bad = [], []
-        for row in rows:
-            try:
-                runs.append(self._run(row))
-            except StoreError as exc:
-                bad.append((row[0], exc.message))
-        return runs, bad
+        return runs_from_rows(self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running')", ()))
 
     def records(self, run_id: str) -> list[NodeRecord]:
-        rows = self._read("SELECT record FROM nodes WHERE run_id = ? ORDER BY round, idx", (run_id,))
-        try:
-            return [NodeRecord(**json.loads(r[0])) for r in rows]
-        except (ValueError, TypeError) as exc:
-            raise StoreError.corrupt(f"run {run_id}'s checkpoints", exc) from None
+        return records_from_rows(
+            run_id, self._read("SELECT record FROM nodes WHERE run_id = ? ORDER BY round, idx", (run_id,))
+        )
 
     def progress(self, run_id: str) -> Progress:
         (row,) = self._read(
