@@ -50,9 +50,9 @@ async def events(http: httpx.AsyncClient, run_id: str, last: int | None = None) 
 
 
 async def wait_status(http: httpx.AsyncClient, run_id: str, done: set[str], nodes: int = 0) -> dict:
-    for _ in range(2000):
+    for _ in range(3000):  # a generous bound (30 s): a takeover between replicas waits on a lease
         run = (await http.get(f"/v1/rsa/runs/{run_id}")).json()
         if run["status"] in done or (nodes and run["progress"]["nodes_finished"] >= nodes):
             return run
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)
     raise AssertionError(f"run stuck: {run}")

@@ -7,34 +7,19 @@ Killing a replica (kill -9) is tests/e2e/test_replicas.py's."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
-import httpx
 import pytest
 
-from mrsa.service.app import create_app
-from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
+from tests.serving import QUESTION, RSA, events, serving, submit, wait_status
 
-QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
-RSA = {"population": 4, "k": 2, "rounds": 3, "tail_tokens": 16, "trace_max_tokens": 64, "seed": 11,
-       "selection": "aggregate"}
 LEASE_S = 0.6  # renewed every 0.2 s; short, so a stopped replica's runs move on quickly
 
 
 def _engine(delay: float = 0.0) -> FakeEngine:
     return FakeEngine(answer=lambda r: str((r.params.seed or 0) % 3), delay=delay)
-
-
-@asynccontextmanager
-async def serving(engine: FakeEngine, **settings: object) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(**settings), engine_factory=lambda _: engine)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            yield http
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -43,35 +28,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> dict:
     if request.param == "sqlite":
         return {"store_path": tmp_path / "runs.sqlite3"}
     return {"store_url": request.getfixturevalue("postgres_url"), "store_lease_s": LEASE_S}
-
-
-async def submit(http: httpx.AsyncClient, rsa: dict = RSA) -> dict:
-    r = await http.post("/v1/rsa/runs", json={"model": "fake-model", "messages": QUESTION, "rsa": rsa})
-    assert r.status_code == 202, r.text
-    return r.json()
-
-
-async def events(http: httpx.AsyncClient, run_id: str, last: int | None = None) -> list[tuple[int, dict]]:
-    headers = {} if last is None else {"Last-Event-ID": str(last)}
-    out: list[tuple[int, dict]] = []
-    seq = None
-    async with http.stream("GET", f"/v1/rsa/runs/{run_id}/events", headers=headers) as stream:
-        assert stream.status_code == 200
-        async for line in stream.aiter_lines():
-            if line.startswith("id: "):
-                seq = int(line[4:])
-            elif line.startswith("data: "):
-                out.append((seq, json.loads(line[6:])))
-    return out
-
-
-async def wait_status(http: httpx.AsyncClient, run_id: str, done: set[str], nodes: int = 0) -> dict:
-    for _ in range(3000):
-        run = (await http.get(f"/v1/rsa/runs/{run_id}")).json()
-        if run["status"] in done or (nodes and run["progress"]["nodes_finished"] >= nodes):
-            return run
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"run stuck: {run}")
 
 
 def _same_outcome(run: dict, reference: dict) -> None:
