@@ -1,7 +1,8 @@
 """The service in process over the fake engine, and the calls the HTTP tests make to it.
 
 ``serving(engine, **settings)`` runs the app's lifespan and yields an httpx client on it (no
-socket); ``submit``, ``events`` and ``wait_status`` drive background runs (``/v1/rsa/runs``)."""
+socket); ``submit``, ``events`` and ``wait_status`` drive background runs (``/v1/rsa/runs``);
+``chat_scope`` is the ASGI scope of a chat request for tests that hang up by hand."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ async def wait_status(http: httpx.AsyncClient, run_id: str, done: set[str], node
             return run
         await asyncio.sleep(0.01)
     raise AssertionError(f"run stuck: {run}")
+
+
+def chat_scope(body: bytes) -> dict:
+    """The ASGI scope of a JSON ``POST /v1/chat/completions`` carrying ``body``, for tests that
+    drive the app with their own ``receive`` (a client that hangs up at a chosen moment)."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+            "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                                              (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("t", 80)}

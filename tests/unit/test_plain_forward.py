@@ -14,6 +14,7 @@ from mrsa.engine.base import OpenAIResult
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
+from tests.serving import chat_scope
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
@@ -164,11 +165,7 @@ async def test_a_client_that_leaves_a_plain_stream_aborts_its_engine_requests() 
         if message.get("type") == "http.response.body" and b"content" in message.get("body", b""):
             hung_up.set()  # the first tokens arrived: leave
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
-                                                               (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    scope = chat_scope(body)
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(app(scope, receive, send), 10)
         assert engine.num_in_flight() == 0

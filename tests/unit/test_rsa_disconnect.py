@@ -13,6 +13,7 @@ import pytest
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import CountingEngine
+from tests.serving import chat_scope
 from tests.waits import until
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
@@ -40,11 +41,7 @@ async def test_a_client_that_leaves_an_rsa_run_aborts_its_engine_requests(stream
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
-                                                               (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    scope = chat_scope(body)
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(app(scope, receive, send), 60)  # bounds a hang only
         assert engine.num_in_flight() == 0

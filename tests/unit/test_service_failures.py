@@ -13,7 +13,7 @@ from mrsa.engine.base import EngineError
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine
-from tests.serving import events, serving, submit, wait_status
+from tests.serving import chat_scope, events, serving, submit, wait_status
 
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 RSA = {"population": 4, "k": 2, "rounds": 2, "tail_tokens": 16, "trace_max_tokens": 64, "seed": 5,
@@ -123,11 +123,7 @@ async def test_a_client_that_leaves_a_non_streaming_request_is_a_499_not_a_500(r
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
-                                                               (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    scope = chat_scope(body)
     errors: list[logging.LogRecord] = []
     handler = logging.Handler(level=logging.ERROR)
     handler.emit = errors.append  # type: ignore[method-assign]
