@@ -26,6 +26,22 @@ MAX_POPULATION = 8
 MAX_ROUNDS = 4
 MAX_MODEL_LEN = 2048
 
+# The function tool the tool-call tests offer a served model (the city is an enum, so a
+# schema-valid call is checkable).
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
 
 def free_port() -> int:
     with socket.socket() as s:

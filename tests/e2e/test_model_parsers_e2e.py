@@ -12,21 +12,8 @@ import openai
 import pytest
 
 from mrsa.engine.provision import DEFAULT_MODEL, lookup
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.server import WEATHER, Server, start_server, stop_server
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 

@@ -25,22 +25,9 @@ import openai
 import pytest
 
 from mrsa.engine.provision import SMALL_MODEL, ensure_model
-from tests.e2e.server import MAX_MODEL_LEN, ROOT, free_port, start_server, stop_server
+from tests.e2e.server import MAX_MODEL_LEN, ROOT, WEATHER, free_port, start_server, stop_server
 
 QUESTION = [{"role": "user", "content": "What is 7 + 5?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 ANSWER_SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 100}},
