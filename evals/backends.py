@@ -1,15 +1,15 @@
 """One RSA run as a stream of progress-event dicts, from a service or from an engine.
 
-Both backends yield the dicts the service sends in its SSE chunks' ``rsa`` field
+Both backends yield the same dicts: those the service sends in its SSE chunks' ``rsa`` field
 (``run_started``, ``node_started``, ``node_finished``, ``round_completed``, ``final_started``),
-then one ``run_completed`` dict carrying ``answer``, ``stop_reason``, ``rounds_completed`` and
-``usage``. The evaluation reads the population's answers per round from ``node_finished``
-events, so what it scores is exactly what a client of the service sees.
+each event's own wire form (:mod:`rsa.events`), then one ``run_completed`` (the run's summary)
+carrying the ``usage`` the service streams in the chunk after it. The evaluation reads the
+population's answers per round from ``node_finished`` events, so what it scores is exactly what
+a client of the service sees.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Protocol
@@ -19,7 +19,7 @@ from httpx_sse import aconnect_sse
 
 from mrsa.engine.base import Engine
 from mrsa.rsa import RsaParams, RsaRun
-from mrsa.rsa.events import FinalStarted, NodeFinished, NodeStarted, RoundCompleted, RunCompleted
+from mrsa.rsa.events import FinalDelta, RunCompleted, RunFailed
 
 
 class RunError(Exception):
@@ -104,36 +104,10 @@ class HttpBackend:
         yield completed
 
 
-def progress_dict(event: object) -> dict | None:
-    """An :mod:`rsa.events` event as the service's progress dict (None for content deltas)."""
-    match event:
-        case NodeStarted():
-            return {"event": "node_started", "round": event.round, "index": event.index, "parents": event.parents}
-        case NodeFinished():
-            return {
-                "event": "node_finished", "round": event.round, "index": event.index,
-                "tokens": event.completion_tokens, "answer": event.answer, "status": event.status,
-                "cut": event.cut,
-            }
-        case RoundCompleted():
-            return {"event": "round_completed", "round": event.round, "answers": event.answers}
-        case FinalStarted():
-            return {"event": "final_started", "mode": event.mode, "parents": event.parents}
-        case RunCompleted():
-            r = event.result
-            return {
-                "event": "run_completed", "answer": r.answer, "stop_reason": r.stop_reason,
-                "rounds_completed": r.rounds_completed, "seed": r.seed, "method": r.method, "samples": r.samples,
-                "usage": {
-                    "prompt_tokens": r.usage.prompt_tokens,
-                    "completion_tokens": r.usage.completion_tokens,
-                },
-            }
-    return None
-
-
 class EngineBackend:
-    """Runs :class:`rsa.RsaRun` in-process on an engine (the embedded vLLM engine, or a fake)."""
+    """Runs :class:`rsa.RsaRun` in-process on an engine (the embedded vLLM engine, or a fake),
+    yielding what :class:`HttpBackend` reads from the service: each event's own wire form
+    (:mod:`rsa.events`), ``run_completed`` with the usage the service streams after it."""
 
     def __init__(self, engine: Engine, *, keep_traces: bool = False) -> None:
         self.engine = engine
@@ -144,11 +118,14 @@ class EngineBackend:
                   effort: str | None = None) -> AsyncIterator[dict]:
         if effort is not None:
             raise RunError("an effort level is the server's preset: evaluate it with --url")
-        yield {"event": "run_started", "population": params.population, "k": params.k, "rounds": params.rounds,
-               "method": params.method}
-        async with aclosing(RsaRun(self.engine, messages, params, run_id=run_id).events()) as events:
-            async for event in events:
-                if (d := progress_dict(event)) is not None:
-                    if self.keep_traces and isinstance(event, RunCompleted):
-                        d["trace"] = [asdict(node) for node in event.result.trace]
-                    yield d
+        run = RsaRun(self.engine, messages, params, run_id=run_id)
+        yield run.started.wire()
+        try:
+            async with aclosing(run.events()) as events:
+                async for event in events:
+                    if isinstance(event, RunCompleted):
+                        yield event.wire(with_trace=self.keep_traces or params.return_trace, with_usage=True)
+                    elif not isinstance(event, FinalDelta):
+                        yield event.wire()
+        except RunFailed as exc:  # as the service's error chunk ends a run: a failed run, not a crash
+            raise RunError(str(exc)) from exc

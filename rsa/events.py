@@ -1,13 +1,16 @@
 """What a run reports while it evolves, and what it leaves behind.
 
 A run yields these in order; the service turns them into SSE chunks or a response body.
-Plain dataclasses: rsa/ stays free of any transport.
+Plain dataclasses: rsa/ stays free of any transport. Each progress event writes its own wire
+form (``wire()``): the ``rsa`` progress object exactly as the service streams it and logs it,
+and as ``mrsa eval``'s backends yield it, so every consumer reads one shape. A dict, not a
+transport: the SSE chunk or log row around it is the caller's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from mrsa.engine.base import EngineError
 
@@ -65,6 +68,16 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def wire(self) -> dict[str, Any]:
+        """OpenAI's ``usage`` object (the service's usage chunk and completion body)."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
 
 @dataclass
 class RsaResult:
@@ -88,6 +101,24 @@ class RsaResult:
     def degraded(self) -> bool:
         """True when some traces failed and the run went on with the survivors."""
         return bool(self.failed)
+
+    def summary(self, with_trace: bool = False) -> dict[str, Any]:
+        """The ``rsa`` block of the finished run: what a completion carries beside its answer,
+        and ``run_completed``'s fields; ``trace`` (every engine call) only ``with_trace``."""
+        return {
+            "seed": self.seed,
+            "rounds_completed": self.rounds_completed,
+            "calls": self.calls,
+            "stop_reason": self.stop_reason,
+            "final_mode": self.final_mode,
+            "method": self.method,
+            "samples": self.samples,
+            "answer": self.answer,
+            "answers": self.answers,
+            "degraded": self.degraded,
+            "failed": [asdict(f) for f in self.failed],
+            **({"trace": [asdict(node) for node in self.trace]} if with_trace else {}),
+        }
 
 
 class RunFailed(Exception):
@@ -122,10 +153,34 @@ class RunFailed(Exception):
 
 
 @dataclass(frozen=True)
+class RunStarted:
+    """The run's shape, known before any trace starts: its seed, N, K, the rounds its plan
+    holds (an adaptive vote has one) and its method. Not yielded by :meth:`RsaRun.events
+    <rsa.run.RsaRun.events>`: ``RsaRun.started`` gives it at once, so a stream can open with it
+    before admission and a run log can hold it from submission (a resumed run would repeat it)."""
+
+    seed: int
+    population: int
+    k: int
+    rounds: int
+    method: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"event": "run_started", "seed": self.seed, "population": self.population, "k": self.k,
+                "rounds": self.rounds, "method": self.method}
+
+
+@dataclass(frozen=True)
 class NodeStarted:
+    """A trace's request was sent, with the traces it aggregates (none in round 0). Live
+    progress only: the run log keeps none (a resumed run would start them again)."""
+
     round: int
     index: int
     parents: list[int]
+
+    def wire(self) -> dict[str, Any]:
+        return {"event": "node_started", "round": self.round, "index": self.index, "parents": self.parents}
 
 
 @dataclass(frozen=True)
@@ -145,17 +200,37 @@ class NodeFinished:
     record: NodeRecord | None = None
     elapsed_s: float = 0.0
 
+    def wire(self) -> dict[str, Any]:
+        """``parents`` (the tails it actually aggregated) after round 0; ``error`` when it failed."""
+        return {
+            "event": "node_finished",
+            "round": self.round,
+            "index": self.index,
+            "tokens": self.completion_tokens,
+            "answer": self.answer,
+            "status": self.status,
+            "cut": self.cut,
+            **({"parents": self.record.parents} if self.record is not None and self.round > 0 else {}),
+            **({"error": self.error} if self.error is not None else {}),
+        }
+
 
 @dataclass(frozen=True)
 class RoundCompleted:
     round: int
     answers: list[str | None]
 
+    def wire(self) -> dict[str, Any]:
+        return {"event": "round_completed", "round": self.round, "answers": self.answers}
+
 
 @dataclass(frozen=True)
 class FinalStarted:
     mode: FinalMode
     parents: list[int]
+
+    def wire(self) -> dict[str, Any]:
+        return {"event": "final_started", "mode": self.mode, "parents": self.parents}
 
 
 @dataclass(frozen=True)
@@ -171,5 +246,14 @@ class FinalDelta:
 class RunCompleted:
     result: RsaResult
 
+    def wire(self, with_trace: bool = False, with_usage: bool = False) -> dict[str, Any]:
+        """The result's summary (:meth:`RsaResult.summary`). A stream sends its usage in a chunk
+        of its own (OpenAI's ``stream_options.include_usage``); a run log keeps it here
+        (``with_usage``)."""
+        return {"event": "run_completed", **self.result.summary(with_trace),
+                **({"usage": self.result.usage.wire()} if with_usage else {})}
+
 
 RsaEvent = NodeStarted | NodeFinished | RoundCompleted | FinalStarted | FinalDelta | RunCompleted
+ProgressEvent = RunStarted | NodeStarted | NodeFinished | RoundCompleted | FinalStarted | RunCompleted
+"""What has a wire form: every event but the final answer's text (:class:`FinalDelta`)."""

@@ -25,7 +25,7 @@ from contextlib import aclosing
 
 from mrsa.engine.base import Completion, Engine, EngineError, GenerationDelta, ReasoningParser
 from mrsa.rsa.answers import extract_answer
-from mrsa.rsa.events import FinalDelta, NodeRecord, RsaEvent, RsaResult, RunCompleted
+from mrsa.rsa.events import FinalDelta, NodeRecord, RsaEvent, RsaResult, RunCompleted, RunStarted
 from mrsa.rsa.final import FinalAnswer
 from mrsa.rsa.node import NodeState, close_stream
 from mrsa.rsa.params import RsaParams
@@ -67,6 +67,12 @@ class RsaRun:
         self._elapsed0 = elapsed_s
         self._started = False
         restore(self.scheduler, resume)
+
+    @property
+    def started(self) -> RunStarted:
+        """The run's shape, before it runs (not one of :meth:`events`: see :class:`RunStarted`)."""
+        return RunStarted(seed=self.seed, population=self.params.population, k=self.params.k,
+                          rounds=self.plan.rounds, method=self.params.method)
 
     async def events(self) -> AsyncIterator[RsaEvent]:
         """Progress events as they happen, then one :class:`RunCompleted` with the result."""

@@ -132,10 +132,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     params = run.params
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
-    yield sse(chunks.progress({
-        "event": "run_started", "seed": run.seed, "population": params.population, "k": params.k,
-        "rounds": run.plan.rounds, "method": params.method,  # an adaptive vote has one round
-    }))
+    yield sse(chunks.progress(run.started.wire()))
     await ticket.wait()
     started = ended = False
     try:

@@ -10,16 +10,15 @@ its stream chunks and progress events.
 - the constructors that turn the algorithm's results (:mod:`mrsa.rsa.events`) into them.
 
 Completions, usage, the model list, run objects and the error body are pydantic models;
-stream chunks (:class:`ChunkFactory`) and progress events (``*_event``) are dicts built by the
-functions below. Not every body is built here: the error envelope is also a dict
-(``errors.APIError.body``), ``run_started`` is written where a run starts (``rsa_chat``,
-``runs/manager``), and ``mrsa eval``'s progress events have their own builder
-(``evals/backends.progress_dict``).
+stream chunks (:class:`ChunkFactory`) are dicts built here. Progress events are dicts each
+event of :mod:`mrsa.rsa.events` writes itself (``event.wire()``, ``run.started.wire()``), so the
+service, its run log and ``mrsa eval``'s in-process backend send one shape; the ``*_event``
+functions below only pick which events a stream or a log carries. The error envelope is also a
+dict (``errors.APIError.body``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,9 +33,11 @@ from mrsa.rsa.events import (
     RoundCompleted,
     RsaEvent,
     RsaResult,
+    RunCompleted,
     Usage,
 )
 from mrsa.rsa.params import RsaParams
+from mrsa.service.errors import ErrorBody
 from mrsa.service.json_body import replacing_surrogates
 from mrsa.service.settings import Effort
 
@@ -297,30 +298,11 @@ def now() -> int:
 
 
 def usage_info(u: Usage) -> UsageInfo:
-    return UsageInfo(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens),
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=u.reasoning_tokens),
-    )
+    return UsageInfo.model_validate(u.wire())
 
 
 def rsa_summary(result: RsaResult, with_trace: bool) -> RsaSummary:
-    return RsaSummary(
-        seed=result.seed,
-        rounds_completed=result.rounds_completed,
-        calls=result.calls,
-        stop_reason=result.stop_reason,
-        final_mode=result.final_mode,
-        method=result.method,
-        samples=result.samples,
-        answer=result.answer,
-        answers=result.answers,
-        degraded=result.degraded,
-        failed=[FailedTraceInfo(**dataclasses.asdict(f)) for f in result.failed],
-        trace=[dataclasses.asdict(node) for node in result.trace] if with_trace else None,
-    )
+    return RsaSummary.model_validate(result.summary(with_trace))
 
 
 def answer_message(result: RsaResult, include_reasoning: bool = True) -> ResponseMessage:
@@ -362,32 +344,15 @@ def planned_nodes(params: dict[str, Any]) -> tuple[int, int]:
 
 def summary_event(result: RsaResult, with_trace: bool) -> dict[str, Any]:
     """The ``run_completed`` progress event: the summary (without a null trace)."""
-    return {"event": "run_completed", **rsa_summary(result, with_trace).model_dump()}
+    return RunCompleted(result).wire(with_trace)
 
 
 def started_event(event: NodeStarted) -> dict[str, Any]:
     """``node_started``: sent on live streams only (a resumed run would repeat them)."""
-    return {"event": "node_started", "round": event.round, "index": event.index, "parents": event.parents}
+    return event.wire()
 
 
 def progress_event(event: RsaEvent) -> dict[str, Any] | None:
     """The ``rsa`` progress object of an event, as streams and the run event log carry it
     (None for what is not logged progress: node starts, content deltas, the result)."""
-    match event:
-        case NodeFinished():
-            return {
-                "event": "node_finished",
-                "round": event.round,
-                "index": event.index,
-                "tokens": event.completion_tokens,
-                "answer": event.answer,
-                "status": event.status,
-                "cut": event.cut,
-                **({"parents": event.record.parents} if event.record is not None and event.round > 0 else {}),
-                **({"error": event.error} if event.error is not None else {}),
-            }
-        case RoundCompleted():
-            return {"event": "round_completed", "round": event.round, "answers": event.answers}
-        case FinalStarted():
-            return {"event": "final_started", "mode": event.mode, "parents": event.parents}
-    return None
+    return event.wire() if isinstance(event, NodeFinished | RoundCompleted | FinalStarted) else None

@@ -253,11 +253,8 @@ class RunManager:
             "params": {**run.params.model_dump(), "seed": run.seed},
             **(extra or {}),
         }
-        started = {
-            "event": "run_started", "seed": run.seed, "population": run.params.population,
-            "k": run.params.k, "rounds": run.plan.rounds, "method": run.params.method,
-        }
-        earlier = await store.create(run_id, owner, spec, started, response=response, idempotency=idempotency)
+        earlier = await store.create(run_id, owner, spec, run.started.wire(), response=response,
+                                     idempotency=idempotency)
         if earlier is not None:  # the same key, submitted meanwhile
             return await self._replayed(owner, earlier)
         self._spawn(run_id, spec, ticket, run=run, attempt=1)

@@ -15,7 +15,8 @@ from mrsa.evals.datasets import Problem, arithmetic, load_jsonl
 from mrsa.evals.grading import is_correct
 from mrsa.evals.runner import evaluate, parse_config
 from mrsa.evals.scoring import RoundScore, score_rounds, summarize
-from mrsa.rsa import RsaRun
+from mrsa.engine.base import EngineError
+from mrsa.rsa import RsaParams, RsaRun
 from mrsa.service.app import create_app
 from mrsa.service.settings import Settings
 from tests.fakes import FakeEngine, FakeRequest, collect
@@ -211,6 +212,58 @@ async def test_http_backend_sees_what_the_engine_backend_sees() -> None:
     strip = lambda runs: [{k: v for k, v in r.items() if k != "wall_s"} for r in runs]  # noqa: E731
     assert strip(via_http["configs"][0]["runs"]) == strip(direct["configs"][0]["runs"])
     assert via_http["configs"][0]["rounds"] == direct["configs"][0]["rounds"]
+
+
+def _failing_engine(problems: list[Problem], failing: str) -> FakeEngine:
+    """The coin engine, with the trace whose request id ends with ``failing`` lost to an engine error."""
+    engine = _coin_engine(problems)
+    engine.error = lambda r: EngineError("replica died") if r.request_id.endswith(failing) else None
+    return engine
+
+
+async def _events(backend, problem: Problem, params: RsaParams) -> list[dict]:
+    return [event async for event in backend.run(problem.messages(), params, "eval-equal")]
+
+
+@pytest.mark.parametrize("failing", ["-r0-i1", "-r1-i2", "none"])
+@pytest.mark.parametrize("keep_traces", [False, True])
+async def test_both_backends_yield_the_same_event_dicts(failing: str, keep_traces: bool) -> None:
+    """The in-process backend yields exactly the dicts the service streams: every event's own
+    wire form (node_finished with parents after round 0 and the error of a failed trace,
+    run_completed the service's summary with its usage), in the same kinds and order."""
+    problems = arithmetic(1, 2, seed=5)
+    params = RsaParams(population=3, k=2, rounds=3, tail_tokens=16, trace_max_tokens=64, seed=7,
+                       return_trace=keep_traces)
+    direct = await _events(EngineBackend(_failing_engine(problems, failing), keep_traces=keep_traces),
+                           problems[0], params)
+    engine = _failing_engine(problems, failing)
+    app = create_app(Settings(), engine_factory=lambda _: engine)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            via_http = await _events(HttpBackend("http://test", client=http), problems[0], params)
+    # Traces finish concurrently: each kind's events in the order they came, then the whole.
+    kinds = lambda events: [e["event"] for e in events]  # noqa: E731
+    assert kinds(direct)[0] == "run_started" and kinds(direct)[-1] == "run_completed"
+    assert sorted(kinds(direct)) == sorted(kinds(via_http))
+    for kind in set(kinds(direct)):
+        assert [e for e in direct if e["event"] == kind] == [e for e in via_http if e["event"] == kind], kind
+    finished = [e for e in direct if e["event"] == "node_finished"]
+    assert all(("parents" in e) == (e["round"] > 0) for e in finished)
+    completed = direct[-1]
+    assert completed["usage"]["total_tokens"] > 0 and ("trace" in completed) == keep_traces
+    if failing != "none":
+        assert [e["error"] for e in finished if e["status"] == "failed"] == ["replica died"]
+        assert completed["degraded"] and completed["failed"][0]["error"] == "replica died"
+
+
+async def test_a_run_that_fails_in_process_is_a_failed_run_not_a_crash() -> None:
+    """As the service's error chunk does over HTTP: the runner records the error and goes on."""
+    problems = arithmetic(2, 1, seed=0)
+    engine = _coin_engine(problems)
+    engine.error = lambda r: EngineError("no replica is reachable")
+    results = await evaluate(EngineBackend(engine), [parse_config("rsa:n=2,k=2,t=2", DEFAULTS)], problems)
+    config = results["configs"][0]
+    assert config["errors"] == 2 and all("no replica is reachable" in r["error"] for r in config["runs"])
 
 
 async def test_http_errors_become_failed_runs_not_crashes() -> None:
