@@ -140,18 +140,21 @@ async def bench_p1(engine: Engine, repeats: int, port: int) -> dict:
     }
 
 
-async def bench_p2(upstreams: list[str], model: str, repeats: int, port: int) -> dict:
-    """P1's schedule through the service over the remote engine: 1 upstream, then all."""
+async def bench_p2(config: EngineConfig, model: str, repeats: int, port: int) -> dict:
+    """P1's schedule through the service over the remote engine (``config.upstreams``): 1
+    upstream, then all."""
     import uvicorn
 
     from mrsa.service.app import create_app
     from mrsa.service.settings import Settings
 
     params = _fixed_length_params()
+    upstreams = config.upstreams
     out: dict = {"params": params.model_dump(), "upstreams": upstreams, "configs": []}
     sets = [upstreams[:1], upstreams] if len(upstreams) > 1 else [upstreams]
     for ups in sets:
-        settings = Settings(host="127.0.0.1", port=port, engine=EngineConfig(upstreams=ups, model=model))
+        engine = config.model_copy(update={"upstreams": ups, "model": model})
+        settings = Settings(host="127.0.0.1", port=port, engine=engine)
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         serving = asyncio.create_task(server.serve())
@@ -262,23 +265,19 @@ def _report(results: dict) -> None:
     console.print(table)
 
 
-async def _main(args: argparse.Namespace) -> dict:
+async def _main(args: argparse.Namespace, config: EngineConfig) -> dict:
     if args.which == "p2":
         from mrsa.engine.provision import ensure_model
 
-        if not args.upstream:
+        if not config.upstreams:
             raise SystemExit("mrsa bench p2 needs at least one --upstream URL")
-        model = args.model or str(ensure_model())
+        model = config.model or str(ensure_model())
         results: dict = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-        results["p2"] = await bench_p2(args.upstream, model, args.repeats, args.port)
+        results["p2"] = await bench_p2(config, model, args.repeats, args.port)
         return results
 
     from mrsa.engine.local import LocalEngine
 
-    config = EngineConfig(
-        model=args.model, max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-    )
     async with LocalEngine(config) as engine:
         results = {"model": engine.model_name, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
         if args.which in ("p1", "all"):
@@ -288,24 +287,29 @@ async def _main(args: argparse.Namespace) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mrsa bench", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's own flags, and the engine's as ``mrsa serve`` spells them (``--model``,
+    ``--max-model-len``, ...; p2's ``--upstream`` is ``engine.upstreams``)."""
+    from mrsa.cli import engine_flags
+
+    parser = argparse.ArgumentParser(
+        prog="mrsa bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "which", nargs="?", choices=["p1", "p2", "p3", "all"], default="all",
-        help="all = p1 and p3 (embedded engine); p2 needs --upstream",
+        help="all = p1 and p3 (embedded engine); p2 needs --upstream (repeat it: p2 runs the first alone, then all)",
     )
-    parser.add_argument(
-        "--upstream", action="append", default=[],
-        help="p2: base URL of a vLLM server (repeat for more; p2 runs the first alone, then all)",
-    )
-    parser.add_argument("--model", help="default: the embedded default model")
-    parser.add_argument("--max-model-len", type=int, help="default: the engine's")
-    parser.add_argument("--gpu-memory-utilization", type=float, help="default: the engine's")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--port", type=int, default=8765)
-    args = parser.parse_args(argv)
-    results = asyncio.run(_main(args))
+    engine_flags(parser, "mrsa bench")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mrsa.cli import engine_from
+
+    args = build_parser().parse_args(argv)
+    results = asyncio.run(_main(args, engine_from(args).engine))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=2))

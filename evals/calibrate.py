@@ -50,9 +50,9 @@ STOP_RULES = [("posterior", 0.7), ("posterior", 0.8), ("posterior", 0.9), ("post
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The calibration's own flags; the engine's are ``mrsa serve``'s (as ``mrsa eval``'s)."""
     p.add_argument("--url", help="a running service; default: the embedded engine in-process")
     p.add_argument("--api-key", help="bearer token for --url")
-    p.add_argument("--model", help="--url: the served model (default: its only one); embedded: checkpoint")
     p.add_argument("--dataset", required=True, help="a JSONL file with question and answer per line")
     p.add_argument("--size", type=int, default=150, help="the first SIZE problems (0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seeds every run, as mrsa eval --seed")
@@ -71,8 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace-max-tokens", type=int, help="max new tokens of one trace (default: the rsa default)")
     p.add_argument("--temperature", type=float, help="sampling temperature of traces (default: the rsa default)")
     p.add_argument("--concurrency", type=int, default=4, help="problems in flight at once")
-    p.add_argument("--max-model-len", type=int, help="embedded engine context (default: the engine's)")
-    p.add_argument("--dtype", help="embedded engine dtype (default: the engine's)")
     p.add_argument("--memo", metavar="FILE", help="embedded: replay and keep every seeded completion (mrsa eval --memo)")
     p.add_argument("--replay-traces", action="append", default=[], metavar="TRACES",
                    help="embedded: a kept traces.json(.gz) whose later rounds are replayed by seed (memo.py)")
@@ -170,7 +168,8 @@ def held_out(points: Sequence[Point], problems: Sequence[str], reference: str, s
 
 
 async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, runs: list[EvalConfig], out: Path,
-                   engine_config: Any, cache_dir: Path | None) -> tuple[str, Pool, dict | None, dict]:
+                   engine_config: Any, cache_dir: Path | None,
+                   model: str | None) -> tuple[str, Pool, dict | None, dict]:
     """The pool and the runs, within the time budget; (model, pool, runs document, counters)."""
     from mrsa.evals.backends import EngineBackend, HttpBackend
     from mrsa.evals.pool import Pool
@@ -194,7 +193,7 @@ async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, ru
         return complete, document
 
     if args.url:
-        backend = HttpBackend(args.url, model=args.model, api_key=args.api_key)
+        backend = HttpBackend(args.url, model=model, api_key=args.api_key)
         try:
             model = await backend.resolve_model()
             complete, document = await measure(backend)
@@ -206,8 +205,7 @@ async def _measure(args: argparse.Namespace, problems: list, base: RsaParams, ru
     from mrsa.engine.config import EngineConfig
     from mrsa.evals.memo import MemoEngine, ReplayOnlyEngine, read_traces, seeded_from_traces
 
-    flags = {"model": args.model, "max_model_len": args.max_model_len, "dtype": args.dtype}
-    config = (engine_config or EngineConfig()).model_copy(update={k: v for k, v in flags.items() if v is not None})
+    config = engine_config or EngineConfig()
     seeded: dict = {}
     if args.replay_traces:
         tokenizer, _ = load_tokenizer(config)
@@ -232,8 +230,10 @@ def _save_runs(out: Path, results: dict) -> None:
     tmp.replace(out / "runs.json")
 
 
-def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = None) -> dict:
-    """Runs a calibration; returns calibration.json's document (the preset file is written)."""
+def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = None,
+         model: str | None = None) -> dict:
+    """Runs a calibration; returns calibration.json's document (the preset file is written).
+    ``engine``, ``cache_dir`` and ``model``: as :func:`evals.cli.main`'s."""
     from mrsa.evals.datasets import load_jsonl
     from mrsa.evals.efforts import preset_document, write_presets
     from mrsa.evals.frontier import Point, run_points
@@ -256,7 +256,7 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
             (out / name).unlink(missing_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     t0 = time.perf_counter()
-    model, pool, document, counters = asyncio.run(_measure(args, problems, base, runs, out, engine, cache_dir))
+    model, pool, document, counters = asyncio.run(_measure(args, problems, base, runs, out, engine, cache_dir, model))
     entries = [pool.entries[p.id] for p in problems if p.id in pool.entries]
     points = vote_points(entries, [int(x) for x in args.levels.split(",")])
     if document is not None:

@@ -15,9 +15,10 @@ DEFAULT_CONFIGS = ["single", "majority:n=8", "rsa:n=4,k=2,t=2"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The evaluation's own flags. The engine's (``--model``, ``--max-model-len``, ``--dtype``,
+    ...) are ``mrsa serve``'s, which mrsa/cli.py adds beside these and passes in as ``engine``."""
     p.add_argument("--url", help="a running service (e.g. http://127.0.0.1:8000); default: the embedded engine in-process")
     p.add_argument("--api-key", help="bearer token for --url")
-    p.add_argument("--model", help="--url: the served model (default: its only one); embedded: checkpoint (default model)")
     p.add_argument("--dataset", default="arithmetic", help="'arithmetic' (generated) or a JSONL file with question/answer")
     p.add_argument("--size", type=int, default=30, help="problems to generate, or the first SIZE of the JSONL (0 = all)")
     p.add_argument("--difficulty", type=int, default=1, help="arithmetic: operations per problem")
@@ -33,9 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="sampling temperature of traces (default: the rsa default)")
     p.add_argument("--seed", type=int, default=0, help="seeds the dataset and every run")
     p.add_argument("--concurrency", type=int, default=4, help="problems in flight at once (each runs all its configurations)")
-    p.add_argument("--max-model-len", type=int, help="embedded engine context (default: the engine's)")
-    p.add_argument("--gpu-memory-utilization", type=float, help="embedded engine (default: the engine's)")
-    p.add_argument("--dtype", help="embedded engine dtype (default: the engine's)")
     p.add_argument("--out", help=f"output folder for results.json and plot.png (default: {RESULTS}/eval-<time>)")
     p.add_argument("--resume", action="store_true",
                    help="continue --out's results.json: keep its finished runs, run the rest (slices)")
@@ -58,12 +56,12 @@ def _problems(args: argparse.Namespace) -> list:
 
 
 async def _run(args: argparse.Namespace, configs: list, problems: list, meta: dict, out: Path,
-               previous: dict | None, engine: Any, cache_dir: Path | None) -> dict:
+               previous: dict | None, engine: Any, cache_dir: Path | None, model: str | None) -> dict:
     from mrsa.evals.backends import EngineBackend, HttpBackend
     from mrsa.evals.runner import evaluate
 
     if args.url:
-        backend = HttpBackend(args.url, model=args.model, api_key=args.api_key)
+        backend = HttpBackend(args.url, model=model, api_key=args.api_key)
         try:
             await backend.resolve_model()
             return await evaluate(backend, configs, problems, seed=args.seed, concurrency=args.concurrency,
@@ -74,9 +72,7 @@ async def _run(args: argparse.Namespace, configs: list, problems: list, meta: di
     from mrsa.engine import create_engine
     from mrsa.engine.config import EngineConfig
 
-    flags = {"model": args.model, "max_model_len": args.max_model_len,
-             "gpu_memory_utilization": args.gpu_memory_utilization, "dtype": args.dtype}
-    config = (engine or EngineConfig()).model_copy(update={k: v for k, v in flags.items() if v is not None})
+    config = engine or EngineConfig()
     if getattr(args, "replay_only", False):
         from mrsa.engine import load_tokenizer
         from mrsa.evals.memo import ReplayOnlyEngine
@@ -110,9 +106,11 @@ def _save(out: Path, results: dict) -> None:
         path.write_text(json.dumps(old, default=str))
 
 
-def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = None) -> int:
-    """``mrsa eval``; ``engine`` (an EngineConfig) and ``cache_dir``: the server's settings,
-    which the flags override."""
+def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = None,
+         model: str | None = None) -> int:
+    """``mrsa eval``; ``engine`` (an EngineConfig) and ``cache_dir``: the embedded engine's
+    settings, read as ``mrsa serve`` reads them (its flags over ``MRSA_*`` over the defaults);
+    ``model``: the model to ask ``--url`` for (default: the service's only one)."""
     from rich.console import Console
 
     from mrsa.evals.report.plot import plot
@@ -131,16 +129,20 @@ def main(args: argparse.Namespace, engine: Any = None, cache_dir: Path | None = 
     except (ValueError, OSError) as exc:
         raise SystemExit(f"mrsa eval: {exc}") from None
     dataset = f"arithmetic d={args.difficulty} {args.shots}-shot" if args.dataset == "arithmetic" else Path(args.dataset).name
-    meta = {"dataset": dataset, "backend": args.url or "embedded", "options": {
-        k: v for k, v in vars(args).items() if k not in ("func", "command", "api_key")
-    }}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("func", "command", "api_key", "engine_source") and not k.startswith("engine.")}
+    if args.url:
+        options["model"] = model
+    elif engine is not None:  # what the embedded engine was started with, beside the defaults
+        options["engine"] = engine.model_dump(exclude_defaults=True)
+    meta = {"dataset": dataset, "backend": args.url or "embedded", "options": options}
     out = Path(args.out) if args.out else RESULTS / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     previous = None
     if args.resume and (out / "results.json").exists():
         previous = json.loads((out / "results.json").read_text())
     t0 = time.perf_counter()
-    results = asyncio.run(_run(args, configs, problems, meta, out, previous, engine, cache_dir))
+    results = asyncio.run(_run(args, configs, problems, meta, out, previous, engine, cache_dir, model))
     results["meta"]["wall_s"] = (previous or {}).get("meta", {}).get("wall_s", 0.0) + time.perf_counter() - t0
     _save(out, results)
     plot(results, out / "plot.png")

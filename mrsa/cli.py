@@ -7,9 +7,11 @@ service/settings.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -29,16 +31,63 @@ SHORT_FLAGS = {
 }
 
 
-def _settings_flags(parser: argparse.ArgumentParser) -> Any:
-    """Every field of Settings as a flag of ``parser`` (pydantic-settings' CLI source)."""
+def _flags(model: type, parser: argparse.ArgumentParser, prog: str) -> Any:
+    """Every field of the settings ``model`` as a flag of ``parser`` (pydantic-settings' CLI
+    source): dotted names for groups (``--engine.max-model-len``), SHORT_FLAGS beside them."""
     from pydantic_settings import CliSettingsSource
 
-    from mrsa.service.settings import Settings
-
-    return CliSettingsSource(Settings, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
+    return CliSettingsSource(model, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
                              # with kebab-case flags, pydantic-settings matches shortcut keys in kebab case
                              cli_shortcuts={k.replace("_", "-"): v for k, v in SHORT_FLAGS.items()},
-                             cli_prog_name="mrsa serve")
+                             cli_prog_name=prog)
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> Any:
+    """Every field of Settings as a flag of ``parser``."""
+    from mrsa.service.settings import Settings
+
+    return _flags(Settings, parser, "mrsa serve")
+
+
+@functools.cache
+def engine_settings() -> type:
+    """Settings' engine group and ``cache_dir`` alone, read as ``mrsa serve`` reads them (the
+    same fields, ``MRSA_*`` variables and flags): what a command that starts an engine of its
+    own (eval, calibrate, bench) is configured with. Its other settings are the server's."""
+    from pydantic_settings import BaseSettings
+
+    from mrsa.engine.config import EngineConfig
+    from mrsa.service.settings import Settings
+
+    class EngineSettings(BaseSettings):
+        model_config = Settings.model_config
+        engine: EngineConfig = Settings.model_fields["engine"]
+        cache_dir: Path = Settings.model_fields["cache_dir"]
+
+    return EngineSettings
+
+
+def engine_flags(parser: argparse.ArgumentParser, prog: str) -> None:
+    """The engine group (and ``--cache-dir``) as flags of ``parser``, spelled, typed, defaulted
+    and documented as ``mrsa serve``'s: :func:`engine_from` reads them back."""
+    parser.set_defaults(engine_source=_flags(engine_settings(), parser, prog))
+
+
+def engine_from(args: argparse.Namespace) -> Any:
+    """The engine settings of a command built by :func:`engine_flags`: its flags, then
+    ``MRSA_ENGINE__*`` and ``MRSA_CACHE_DIR``, then the defaults; exits on an invalid value."""
+    from pydantic import ValidationError
+
+    try:
+        return engine_settings()(_cli_settings_source=args.engine_source(parsed_args=args))
+    except ValidationError as exc:
+        raise SystemExit(f"mrsa: invalid engine settings:\n{exc}") from None
+
+
+def model_flag(args: argparse.Namespace) -> str | None:
+    """``--model`` as given on the command line, not from ``MRSA_ENGINE__MODEL``: the model a
+    command asks a running service (``--url``) for, whose own variables are not this one's."""
+    return args.engine_source(parsed_args=args)().get("engine", {}).get("model")
 
 
 def settings_from(args: argparse.Namespace) -> Any:
@@ -180,9 +229,9 @@ def _eval(args: argparse.Namespace) -> int:
     # left at Python's default: restore that first, or the relayed signal is dropped.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    settings = Settings()  # MRSA_ENGINE__* and MRSA_CACHE_DIR apply to the embedded engine too
+    settings = engine_from(args)  # as mrsa serve's: flags, then MRSA_ENGINE__* and MRSA_CACHE_DIR
     try:
-        return eval_main(args, settings.engine, settings.cache_dir)
+        return eval_main(args, settings.engine, settings.cache_dir, model=model_flag(args))
     except KeyboardInterrupt:
         print("mrsa eval: interrupted; results.json holds the problems done so far", file=sys.stderr)
         return 130
@@ -196,13 +245,12 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     from mrsa.evals.calibrate import main as calibrate_main
     from mrsa.service.presets import load_presets
-    from mrsa.service.settings import Settings
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as _eval: SIGTERM closes the engine
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    settings = Settings()
+    settings = engine_from(args)
     try:
-        calibration = calibrate_main(args, settings.engine, settings.cache_dir)
+        calibration = calibrate_main(args, settings.engine, settings.cache_dir, model=model_flag(args))
     except KeyboardInterrupt:
         print("mrsa calibrate: interrupted; --resume continues from what --out holds", file=sys.stderr)
         return 130
@@ -221,6 +269,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     Console().print(table)
     print(f"presets: {presets}\ncalibration: {os.path.join(args.out, 'calibration.json')}")
     return 0
+
+
+ENGINE_COMMAND = ("Without --url it runs its own engine, set up as mrsa serve's: the engine flags (below) and "
+                  "MRSA_ENGINE__* variables, a flag winning over its variable.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,8 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mrsa.evals.cli import add_arguments as eval_arguments
 
-    evaluate = sub.add_parser("eval", help="accuracy of single sample, majority vote and RSA on a dataset")
+    evaluate = sub.add_parser(
+        "eval", help="accuracy of single sample, majority vote and RSA on a dataset",
+        description=f"{ENGINE_COMMAND} --model names the served model to ask --url for (default: its only one).",
+    )
     eval_arguments(evaluate)
+    engine_flags(evaluate, "mrsa eval")
     evaluate.set_defaults(func=_eval)
 
     from mrsa.evals.calibrate import add_arguments as calibrate_arguments
@@ -273,8 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = sub.add_parser(
         "calibrate", help="measure accuracy against tokens of vote, adaptive vote and RSA on a model; "
         "write the effort presets mrsa serve loads (--presets)",
+        description=f"{ENGINE_COMMAND} --model names the served model to ask --url for (default: its only one).",
     )
     calibrate_arguments(calibrate)
+    engine_flags(calibrate, "mrsa calibrate")
     calibrate.set_defaults(func=_calibrate)
     return parser
 

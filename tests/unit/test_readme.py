@@ -14,7 +14,7 @@ import pytest
 
 from mrsa.engine.config import EngineConfig
 from mrsa.engine.local import device_defaults
-from mrsa.evals.cli import add_arguments
+from mrsa.cli import build_parser, engine_from
 from mrsa.evals.runner import parse_config
 from mrsa.rsa.params import RsaParams
 from mrsa.rsa.prompts import check_context
@@ -113,13 +113,11 @@ def test_the_pages_document_eval_commands() -> None:
     ("page", "argv", "serve"), _commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60]
 )
 def test_every_documented_eval_command_fits_its_context(page: str, argv: list[str], serve: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args([a for a in argv if a != "&"])
+    args = build_parser().parse_args(["eval", *(a for a in argv if a != "&")])
     server = argparse.ArgumentParser()
     server.add_argument("--max-model-len", type=int)
     served, _ = server.parse_known_args(serve)
-    max_model_len = (served.max_model_len if args.url else args.max_model_len) or CPU_MAX_MODEL_LEN
+    max_model_len = (served.max_model_len if args.url else engine_from(args).engine.max_model_len) or CPU_MAX_MODEL_LEN
     given = {"tail_tokens": args.tail_tokens, "trace_max_tokens": args.trace_max_tokens, "temperature": args.temperature}
     for spec in args.configs or ["single", "majority:n=8", "rsa:n=4,k=2,t=2"]:
         params = parse_config(spec, {k: v for k, v in given.items() if v is not None}).params
