@@ -83,8 +83,9 @@ class ReasoningParser(Protocol):
 @dataclass(frozen=True)
 class OpenAIResult:
     """The answer to a plain OpenAI request: a JSON ``body`` with its ``status``, or (a
-    streamed request that started) ``stream``, the ``data: ...`` lines of its server-sent
-    events, ``[DONE]`` included. Error bodies are an ``{"error": {...}}`` envelope."""
+    streamed request that started) ``stream``, the data of its server-sent events one event at
+    a time, unframed: each chunk's JSON text, then ``[DONE]`` (the service frames them). Error
+    bodies are an ``{"error": {...}}`` envelope."""
 
     status: int = 200
     body: dict | None = None

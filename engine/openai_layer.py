@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -133,7 +134,27 @@ async def _call(model: Any, body: dict, handler: Callable[[Any], Awaitable[Any]]
         return OpenAIResult(status=result.error.code, body=result.model_dump())
     if isinstance(result, BaseModel):
         return OpenAIResult(body=result.model_dump())
-    return OpenAIResult(stream=result)  # vLLM's generator of "data: ..." lines
+    return OpenAIResult(stream=_payloads(result))
+
+
+async def _payloads(framed: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each event vLLM's generator yields (it frames them: ``data: ...\n\n``).
+    Closing this closes vLLM's generator, which aborts its engine requests."""
+    async with aclosing(framed) as lines:  # type: ignore[type-var]
+        async for text in lines:
+            for payload in event_data(text):
+                yield payload
+
+
+def event_data(framed: str) -> list[str]:
+    """The data of each server-sent event in ``framed`` (its ``data:`` lines joined by
+    newlines, as a client reads them; comments and events without data give nothing)."""
+    payloads = []
+    for block in framed.replace("\r\n", "\n").replace("\r", "\n").split("\n\n"):
+        data = [line[5:].removeprefix(" ") for line in block.split("\n") if line.startswith("data:")]
+        if data:
+            payloads.append("\n".join(data))
+    return payloads
 
 
 def invalid(exc: ValidationError) -> OpenAIResult:

@@ -23,7 +23,7 @@ from mrsa.service import metrics
 from mrsa.service.admission import Ticket
 from mrsa.service.context import admit, engine_error
 from mrsa.service.errors import APIError
-from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, sse_error
+from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, ServerSentEvent, sse, sse_error
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,19 @@ def _count(body: dict | None) -> None:
         metrics.TOKENS.labels("plain").inc(tokens)
 
 
-async def _relay(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The layer's event lines, read by a task of their own (a disconnect cancels it, which
-    aborts the engine requests: :func:`mrsa.service.tasks.in_own_task`). Usage chunks (sent
-    when the client asked for ``include_usage``) feed the token metrics. A failure after the
-    200 travels as an error chunk, then ``[DONE]``."""
+async def _relay(payloads: AsyncIterator[str]) -> AsyncIterator[ServerSentEvent]:
+    """The layer's events (their data: JSON chunks, then ``[DONE]``), read by a task of their
+    own (a disconnect cancels it, which aborts the engine requests:
+    :func:`mrsa.service.tasks.in_own_task`) and passed on as they are. The usage chunk (sent
+    when the client asked for ``include_usage``: no choices, a usage) feeds the token metrics.
+    A failure after the 200 travels as an error chunk, then ``[DONE]``."""
     try:
-        async with aclosing(in_own_task(lines)) as events:
-            async for line in events:
-                if '"usage"' in line and line.startswith("data: {"):
-                    try:
-                        chunk = json.loads(line[len("data: "):])
-                    except ValueError:
-                        chunk = None
-                    if isinstance(chunk, dict) and chunk.get("choices") == []:  # the final usage chunk
-                        _count(chunk)
-                yield line
+        async with aclosing(in_own_task(payloads)) as events:
+            async for data in events:
+                chunk = _chunk(data)
+                if chunk is not None and chunk.get("choices") == []:  # the usage chunk: no choices
+                    _count(chunk)
+                yield sse(data)
     except EngineError as exc:
         yield sse_error(engine_error(exc))
         yield DONE
@@ -117,3 +114,14 @@ async def _relay(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield sse_error(APIError(f"Internal error: {type(exc).__name__}", status=500, type="server_error",
                                  code="internal_error"))
         yield DONE
+
+
+def _chunk(data: str) -> dict | None:
+    """An event's data as a JSON object, read once (None for ``[DONE]`` or anything else)."""
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return None
+    return chunk if isinstance(chunk, dict) else None

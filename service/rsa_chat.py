@@ -19,7 +19,7 @@ from mrsa.service.admission import Ticket
 from mrsa.service.errors import APIError, from_validation_error
 from mrsa.service.context import admit, engine_error, runs_of, settings_of
 from mrsa.service.settings import Settings
-from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, sse, sse_error
+from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, ServerSentEvent, sse, sse_error
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 from mrsa.service.wire import (
     ChatCompletionRequest,
@@ -129,7 +129,7 @@ async def _drain(run: RsaRun, ticket: Ticket, observer: metrics.RunObserver) -> 
 
 async def _stream(
     run: RsaRun, body: ChatCompletionRequest, chunks: ChunkFactory, ticket: Ticket, observer: metrics.RunObserver,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[ServerSentEvent]:
     params = run.params
     # Open the stream at once (clients see headers and the run's shape before any trace ends).
     yield sse(chunks.progress(run.started.wire()))

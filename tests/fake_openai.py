@@ -33,8 +33,9 @@ def _error(message: str, status: int = 400, param: str | None = None) -> OpenAIR
                                                        "code": status}})
 
 
-def _sse(data: dict | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+def _data(data: dict | str) -> str:
+    """One event's data, unframed, as :class:`engine.base.OpenAIResult` streams it."""
+    return data if isinstance(data, str) else json.dumps(data)
 
 
 class FakeOpenAI:
@@ -131,20 +132,20 @@ class FakeOpenAI:
                            include_usage: bool) -> AsyncIterator[str]:
         chunk = {**head, "object": "chat.completion.chunk"}
         for i in range(len(params)):
-            yield _sse({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+            yield _data({**chunk, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                               "finish_reason": None}]})
         outs = [Completion() for _ in params]
         async with aclosing(self._run(prompt_ids, params, head["id"])) as events:
             async for i, delta in events:
                 outs[i].add(delta)
                 if delta.text:
-                    yield _sse({**chunk, "choices": [{"index": i, "delta": {"content": delta.text},
+                    yield _data({**chunk, "choices": [{"index": i, "delta": {"content": delta.text},
                                                       "finish_reason": None}]})
                 if delta.finished:
-                    yield _sse({**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": delta.finish_reason}]})
+                    yield _data({**chunk, "choices": [{"index": i, "delta": {}, "finish_reason": delta.finish_reason}]})
         if include_usage:
-            yield _sse({**chunk, "choices": [], "usage": _usage(prompt_ids, outs)})
-        yield _sse("[DONE]")
+            yield _data({**chunk, "choices": [], "usage": _usage(prompt_ids, outs)})
+        yield _data("[DONE]")
 
 
 def _usage(prompt_ids: list[int], outs: list[Completion]) -> dict:

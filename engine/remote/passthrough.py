@@ -105,12 +105,13 @@ class ReplicaOpenAI:
         return OpenAIResult(status=resp.status_code, body=answer)
 
     async def _relay(self, resp: httpx.Response, replica: Replica) -> AsyncIterator[str]:
-        """The replica's events as ``data:`` lines; closing this closes the upstream response,
-        which is how the replica learns to abort (shielded, so a cancellation cannot skip it)."""
+        """The data of the replica's events (:class:`engine.base.OpenAIResult`); closing this
+        closes the upstream response, which is how the replica learns to abort (shielded, so a
+        cancellation cannot skip it)."""
         try:
             async with contextlib.aclosing(EventSource(resp).aiter_sse()) as events:
                 async for event in events:
-                    yield f"data: {event.data}\n\n"
+                    yield event.data
             replica.record_success()
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise UpstreamUnavailable(f"upstream {replica.url} broke off the stream: {exc}") from None

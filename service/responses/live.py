@@ -8,7 +8,6 @@ read as one sequence: text deltas (``str``), progress events (``dict``), then th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -29,7 +28,7 @@ from mrsa.service.responses.events import EventSequence, TextItems
 from mrsa.service.responses.prepare import Prepared
 from mrsa.service.responses.stored import answer_of, record, summary_of
 from mrsa.service.responses.wire import THINK_CLOSE, THINK_OPEN, ResponseObject, response_object
-from mrsa.service.streaming import EventStream
+from mrsa.service.streaming import EventStream, ServerSentEvent, sse_event
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, summary_event, usage_info
 
@@ -42,11 +41,6 @@ class Answer:
     status: str  # completed | incomplete
     usage: UsageInfo
     rsa: dict | None = None  # the run's summary (method, stop_reason...): None for a plain response
-
-
-def sse_event(event: dict) -> str:
-    """One Responses event as SSE: ``event:`` names its type, as OpenAI's server does."""
-    return f"event: {event['type']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
 
 
 class Tagged:
@@ -159,7 +153,7 @@ async def _drain(prep: Prepared, ticket: Ticket) -> Answer:
     raise AssertionError("a response's source ends with its Answer or raises")
 
 
-async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int) -> AsyncIterator[str]:
+async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int) -> AsyncIterator[ServerSentEvent]:
     seq = EventSequence()
     items = TextItems(prep.resp_id, seq)
     yield sse_event(seq.lifecycle("response.created", _object(prep, created, "in_progress")))

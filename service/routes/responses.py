@@ -17,11 +17,11 @@ from mrsa.service.errors import APIError
 from mrsa.service.idempotency import REPLAYED, idempotency
 from mrsa.service.json_body import check_json
 from mrsa.service.responses import stored
-from mrsa.service.responses.live import respond, sse_event
+from mrsa.service.responses.live import respond
 from mrsa.service.responses.prepare import Prepared, prepare
 from mrsa.service.responses.wire import ResponseObject, ResponseRequest, response_id
 from mrsa.service.runs import Submitted
-from mrsa.service.streaming import EventStream
+from mrsa.service.streaming import KEEP_ALIVE, EventStream, ServerSentEvent, sse_event
 from mrsa.service.wire import now
 
 router = APIRouter()
@@ -78,13 +78,13 @@ async def _found(request: Request, resp_id: str) -> tuple[ResponseObject, dict[s
     return found
 
 
-def _replay(request: Request, resp_id: str, data: dict[str, Any], after: int) -> AsyncIterator[str]:
+def _replay(request: Request, resp_id: str, data: dict[str, Any], after: int) -> AsyncIterator[ServerSentEvent]:
     runs, owner = runs_of(request), owner_of(request)
 
-    async def lines() -> AsyncIterator[str]:
+    async def lines() -> AsyncIterator[ServerSentEvent]:
         async with aclosing(stored.replay(runs, owner, resp_id, data, after)) as events:
             async for event in events:
-                yield ": keep-alive\n\n" if event is None else sse_event(event)
+                yield KEEP_ALIVE if event is None else sse_event(event)
 
     return lines()
 
@@ -101,7 +101,7 @@ async def get_response(response_id: str, request: Request, stream: bool = False,
     if response.background:
         return EventStream(_replay(request, response_id, data, after))
 
-    async def lines() -> AsyncIterator[str]:
+    async def lines() -> AsyncIterator[ServerSentEvent]:
         for event in stored.synthesized(response, after):
             yield sse_event(event)
 

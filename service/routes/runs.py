@@ -17,7 +17,7 @@ from mrsa.service.json_body import check_json
 from mrsa.service.rsa_chat import new_run, rsa_params
 from mrsa.service.rsa_request import rsa_request
 from mrsa.service.runs import RunManager, StoredRun, Submitted, new_run_id
-from mrsa.service.streaming import EventStream, sse
+from mrsa.service.streaming import KEEP_ALIVE, EventStream, ServerSentEvent, sse
 from mrsa.service.wire import ChatCompletionRequest, RunObject
 
 router = APIRouter()
@@ -112,13 +112,13 @@ async def run_events(
         start = _event_id(last_event_id)
     runs, owner = runs_of(request), owner_of(request)
 
-    async def stream() -> AsyncIterator[str]:
+    async def stream() -> AsyncIterator[ServerSentEvent]:
         async with aclosing(runs.events(owner, run_id, start)) as events:
             async for item in events:
                 if item is None:
-                    yield ": keep-alive\n\n"
+                    yield KEEP_ALIVE
                 else:
                     seq, event = item
-                    yield f"id: {seq}\n{sse(event)}"
+                    yield sse(event, id=seq)
 
     return EventStream(stream())

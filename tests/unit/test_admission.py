@@ -69,7 +69,7 @@ async def test_a_stream_gives_its_place_back_however_it_ends() -> None:
     finished, or the client gone before the first byte. Never by garbage collection."""
     import gc
 
-    from mrsa.service.streaming import EventStream
+    from mrsa.service.streaming import EventStream, sse
 
     admission = Admission("requests", running=1, queued=0)
     dropped = admission.admit()
@@ -80,7 +80,7 @@ async def test_a_stream_gives_its_place_back_however_it_ends() -> None:
     admission = Admission("requests", running=1, queued=0)
 
     async def lines():
-        yield "data: 1\n\n"
+        yield sse("1")
 
     async def disconnected() -> dict:
         return {"type": "http.disconnect"}
@@ -99,7 +99,7 @@ async def test_a_stream_gives_its_place_back_however_it_ends() -> None:
             await asyncio.Event().wait()  # the client stays until the body is done
             return {}
 
-        await stream({"type": "http", "asgi": {"spec_version": "2.4"}}, receive or never, send)
+        await stream({"type": "http", "method": "GET", "asgi": {"spec_version": "2.4"}}, receive or never, send)
         assert ticket.released and admission.running == 0
 
 

@@ -70,13 +70,14 @@ async def test_no_replica_left_is_unavailable() -> None:
     assert len(seen) >= 2
 
 
-async def test_a_stream_is_relayed_line_by_line() -> None:
-    events = b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
+async def test_a_stream_is_relayed_event_by_event() -> None:
+    """Each event's data, unframed (the service frames them); comments and a ping are no events."""
+    events = b': ping\r\n\r\ndata: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\ndata: [DONE]\n\n'
     openai, pool, _ = layer(lambda r: httpx.Response(200, content=events, headers={"content-type": "text/event-stream"}))
     result = await openai.chat_completions({**BODY, "stream": True})
     assert result.body is None and result.stream is not None
-    lines = [line async for line in result.stream]
-    assert lines == ['data: {"choices": [{"delta": {"content": "a"}}]}\n\n', "data: [DONE]\n\n"]
+    payloads = [data async for data in result.stream]
+    assert payloads == ['{"choices": [{"delta": {"content": "a"}}]}', "[DONE]"]
     assert all(r.outstanding == 0 for r in pool)
 
 

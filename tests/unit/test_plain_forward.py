@@ -91,7 +91,7 @@ async def test_a_layer_failure_after_the_200_is_an_error_chunk() -> None:
     engine = FakeEngine()
 
     async def broken() -> AsyncIterator[str]:
-        yield 'data: {"choices": []}\n\n'
+        yield '{"choices": []}'
         raise RuntimeError("boom")
 
     async def chat(body: dict) -> OpenAIResult:

@@ -118,15 +118,33 @@ async def test_a_valid_body_reaches_the_handler_as_vllms_request() -> None:
     assert seen[0].max_tokens == 3 and seen[0].tool_choice.function.name == "f"
 
 
-async def test_a_stream_is_passed_through() -> None:
+async def test_a_stream_is_passed_through_as_its_events_data() -> None:
+    """vLLM's generator frames each event (``data: ...\\n\\n``); the stream is their data."""
+    closed = []
+
     async def lines():  # type: ignore[no-untyped-def]
-        yield "data: [DONE]\n\n"
+        try:
+            yield 'data: {"choices": [], "usage": {"completion_tokens": 1}}\n\n'
+            yield "data: [DONE]\n\n"
+        finally:
+            closed.append(True)
 
     async def handler(request):  # type: ignore[no-untyped-def]
         return lines()
 
     out = await _call(_chat_request(), {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}, handler)
-    assert out.status == 200 and [x async for x in out.stream] == ["data: [DONE]\n\n"]
+    assert out.status == 200
+    assert [x async for x in out.stream] == ['{"choices": [], "usage": {"completion_tokens": 1}}', "[DONE]"]
+    assert closed == [True]
+
+
+def test_event_data_reads_each_event_of_a_framed_text() -> None:
+    from mrsa.engine.openai_layer import event_data
+
+    assert event_data('data: {"a": 1}\n\n') == ['{"a": 1}']
+    assert event_data("data:[DONE]\r\n\r\n") == ["[DONE]"]
+    assert event_data("data: 1\n\ndata: 2\ndata: 3\n\n") == ["1", "2\n3"]
+    assert event_data(": keep-alive\n\nevent: x\n\n") == []
 
 
 @pytest.mark.parametrize(("exc", "status"), [("validation", 400), ("value", 400), ("runtime", 500)])
