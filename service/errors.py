@@ -1,7 +1,10 @@
 """The OpenAI error envelope, and the handlers that make every failure speak it.
 
 ``{"error": {"message", "type", "param", "code"}}`` with the matching HTTP status, for
-validation errors, unknown routes, malformed JSON and engine failures alike.
+validation errors, unknown routes, malformed JSON and engine failures alike. It is built here
+only: :class:`APIError` (raised, or sent as a body, an SSE error chunk or a stored run's error),
+whose inside is the typed :class:`ErrorBody`; :meth:`APIError.for_status` names the type from the
+status, :meth:`APIError.internal` is the 500 of a failure nobody expected.
 """
 
 from __future__ import annotations
@@ -12,10 +15,19 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The inside of the OpenAI error envelope ``{"error": {...}}``."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
 
 
 class APIError(Exception):
@@ -39,15 +51,27 @@ class APIError(Exception):
         self.param = param
         self.code = code
 
+    @classmethod
+    def for_status(
+        cls, status: int, message: str, *, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> APIError:
+        """The envelope of ``status``: an ``invalid_request_error`` below 500, a
+        ``server_error`` from 500 up (an engine failure, a failed run, an HTTP error)."""
+        err_type = "invalid_request_error" if status < 500 else "server_error"
+        return cls(message, status=status, type=err_type, param=param, code=code, headers=headers)
+
+    @classmethod
+    def internal(cls, exc: BaseException) -> APIError:
+        """The 500 of a failure nobody expected (a bug): its type named, the rest left to the log."""
+        return cls(f"Internal error: {type(exc).__name__}", status=500, type="server_error", code="internal_error")
+
+    def error_body(self) -> ErrorBody:
+        return ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code)
+
     def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        """``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": self.error_body().model_dump()}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
@@ -89,14 +113,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         phrase = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-        err_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return APIError(
-            str(exc.detail), status=exc.status_code, type=err_type, code=phrase
-        ).response()
+        return APIError.for_status(exc.status_code, str(exc.detail), code=phrase).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return APIError(
-            f"Internal error: {type(exc).__name__}", status=500, type="server_error", code="internal_error"
-        ).response()
+        return APIError.internal(exc).response()

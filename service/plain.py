@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 from mrsa.engine.base import EngineError, OpenAIResult
 from mrsa.service import metrics
 from mrsa.service.admission import Ticket
-from mrsa.service.context import admit, engine_error
 from mrsa.service.errors import APIError
+from mrsa.service.pipeline import admit, failure
 from mrsa.service.streaming import CHAT_SHUTDOWN, DONE, EventStream, ServerSentEvent, sse, sse_error
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
 
@@ -34,7 +34,7 @@ Call = Callable[[], Awaitable[OpenAIResult]]
 async def forward(request: Request, call: Call, *, admitted: bool = True) -> Response:
     """Answer with what ``call`` (a method of ``engine.openai``) returns. ``admitted``: the
     call generates, so it takes an admission slot (tokenize and the model list do not)."""
-    ticket = admit(request, request.app.state.plain_admission) if admitted else None
+    ticket = admit(request, plain=True) if admitted else None
     try:
         result = await until_disconnect(request, _started(ticket, call))
     except ClientDisconnected:  # the call was cancelled: its engine requests were aborted
@@ -42,7 +42,7 @@ async def forward(request: Request, call: Call, *, admitted: bool = True) -> Res
         return Response(status_code=CLIENT_CLOSED)
     except EngineError as exc:
         _release(ticket)
-        return engine_error(exc).response()
+        return failure(exc).error.response()
     except BaseException:
         _release(ticket)
         raise
@@ -76,10 +76,9 @@ def enveloped(status: int, body: dict | None) -> dict | None:
     code = error.get("code")
     if status == 400 and "maximum context length" in str(message):
         code = "context_length_exceeded"  # OpenAI's code for it, which clients test
-    return APIError(
+    return APIError.for_status(
+        status,
         str(message),
-        status=status,
-        type="invalid_request_error" if status < 500 else "server_error",
         param=error.get("param") if isinstance(error.get("param"), str) else None,
         code=code if isinstance(code, str) else HTTPStatus(status).phrase.lower().replace(" ", "_"),
     ).body()
@@ -107,12 +106,11 @@ async def _relay(payloads: AsyncIterator[str]) -> AsyncIterator[ServerSentEvent]
                     _count(chunk)
                 yield sse(data)
     except EngineError as exc:
-        yield sse_error(engine_error(exc))
+        yield sse_error(failure(exc).error)
         yield DONE
     except Exception as exc:
         log.exception("plain stream failed")
-        yield sse_error(APIError(f"Internal error: {type(exc).__name__}", status=500, type="server_error",
-                                 code="internal_error"))
+        yield sse_error(APIError.internal(exc))
         yield DONE
 
 

@@ -162,20 +162,13 @@ class Settings(BaseSettings):
             RsaParams(**{**self.rsa.model_dump(), **preset})
         return self.model_copy(update={"effort_presets": efforts})
 
-    def rsa_object(self, rsa: dict | None, effort: str | None) -> dict | None:
-        """The rsa object of a request: its own fields over the preset of its reasoning_effort
-        (the server's default effort when it sends none); None for a plain generation."""
-        preset = self.effort_presets.get(effort or self.default_effort)  # none, minimal: no preset
-        if rsa is None and preset is None:
-            return None
-        return {**(preset or {}), **(rsa or {})}
-
     def default_store_path(self) -> Path:
         """Where ``mrsa serve`` keeps background runs unless ``store_path`` says otherwise."""
         return self.cache_dir.expanduser() / f"runs-{self.port}.sqlite3"
 
     def rsa_params(self, overrides: dict) -> RsaParams:
-        """Server defaults, then the client's values: raises pydantic's ValidationError.
+        """Server defaults, then the client's values: raises pydantic's ValidationError (a
+        request's values are merged in :func:`mrsa.service.pipeline.rsa_params`).
 
         A k the client did not send follows a small population (population 2 with the default
         k of 3 runs with k 2); only an explicit k larger than the population is an error."""

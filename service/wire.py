@@ -2,19 +2,20 @@
 its stream chunks and progress events.
 
 - requests: the OpenAI chat-completion request plus our ``rsa`` object (kept raw here and
-  validated against the server's defaults in the route, so its errors can name
-  ``rsa.<field>``); unknown top-level fields are ignored, as vLLM's server does;
+  merged with the server's defaults by :func:`mrsa.service.pipeline.rsa_params`, so its errors
+  can name ``rsa.<field>``); unknown top-level fields are ignored, as vLLM's server does;
 - responses: ``chat.completion``, its usage, the model list;
-- stream chunks (:class:`ChunkFactory`), RSA progress events, background run objects, and the
-  error envelope's body;
+- stream chunks (:class:`ChunkFactory`), RSA progress events, background run objects;
 - the constructors that turn the algorithm's results (:mod:`mrsa.rsa.events`) into them.
 
-Completions, usage, the model list, run objects and the error body are pydantic models;
+Completions, usage, the model list and run objects are pydantic models;
 stream chunks (:class:`ChunkFactory`) are dicts built here. Progress events are dicts each
 event of :mod:`mrsa.rsa.events` writes itself (``event.wire()``, ``run.started.wire()``), so the
 service, its run log and ``mrsa eval``'s in-process backend send one shape; the ``*_event``
-functions below only pick which events a stream or a log carries. The error envelope is also a
-dict (``errors.APIError.body``).
+functions below only pick which events a stream or a log carries. The error envelope is not
+built here: :mod:`mrsa.service.errors` owns it (:class:`~mrsa.service.errors.APIError`, whose
+``body()`` a run object's ``error`` and every error chunk carry), and a failed run's envelope
+is :func:`mrsa.service.pipeline.failure`'s.
 """
 
 from __future__ import annotations
@@ -250,15 +251,6 @@ class ChunkFactory:
 
     def usage(self, usage: dict) -> dict:
         return self._chunk([], usage=usage)
-
-
-class ErrorBody(BaseModel):
-    """The inside of the OpenAI error envelope ``{"error": {...}}``."""
-
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
 
 
 class RunProgress(BaseModel):

@@ -1,9 +1,11 @@
 """A response answered while its client waits: one object, or the Responses event stream.
 
-An RSA response runs its :class:`RsaRun`; a plain one streams its single generation straight
-from the engine (token by token, which a one-trace run would only give at its end). Both are
-read as one sequence: text deltas (``str``), progress events (``dict``), then the
-:class:`Answer`. A client that goes away aborts the engine requests, as in chat completions.
+An RSA response runs its :class:`RsaRun` through :func:`mrsa.service.pipeline.execute`, as a
+chat completion does; a plain one streams its single generation straight from the engine (token
+by token, which a one-trace run would only give at its end). Both are read as one sequence:
+text deltas (``str``), progress events (``dict``), then the :class:`Answer`; a failure of either
+is answered as :func:`mrsa.service.pipeline.failure` maps it. A client that goes away aborts the
+engine requests, as in chat completions.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from mrsa.engine.base import Completion, EngineError, SamplingParams
-from mrsa.rsa.events import FinalDelta, NodeStarted, RunCompleted, RunFailed
+from mrsa.rsa.events import FinalDelta, NodeStarted, RunCompleted
 from mrsa.rsa.run import final_pieces
 from mrsa.service import metrics
 from mrsa.service.admission import Ticket
-from mrsa.service.context import engine_error, owner_of, runs_of
-from mrsa.service.errors import APIError
+from mrsa.service.context import owner_of, runs_of
 from mrsa.service.json_body import replacing_surrogates
+from mrsa.service.pipeline import Failure, execute, failure
 from mrsa.service.responses.events import EventSequence, TextItems
 from mrsa.service.responses.prepare import Prepared
 from mrsa.service.responses.stored import answer_of, record, summary_of
 from mrsa.service.responses.wire import THINK_CLOSE, THINK_OPEN, ResponseObject, response_object
 from mrsa.service.streaming import EventStream, ServerSentEvent, sse_event
 from mrsa.service.tasks import CLIENT_CLOSED, ClientDisconnected, in_own_task, until_disconnect
-from mrsa.service.wire import ErrorBody, PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, summary_event, usage_info
+from mrsa.service.wire import PromptTokensDetails, UsageInfo, now, progress_event, rsa_completion, started_event, summary_event
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +83,27 @@ async def _plain(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
     yield Answer(replacing_surrogates(text), "incomplete" if done.finish_reason == "length" else "completed", usage)
 
 
-async def _rsa(prep: Prepared, observer: metrics.RunObserver) -> AsyncIterator[str | dict | Answer]:
-    ended, tagged = False, Tagged()
-    try:
-        async with aclosing(prep.run.events()) as events:
-            async for event in events:
-                observer.observe(event)
-                if isinstance(event, FinalDelta):
-                    yield tagged.text(event)
-                elif isinstance(event, RunCompleted):
-                    ended = True
-                    completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)
-                    yield summary_event(event.result, False)  # which method ran, why it stopped
-                    text, status = answer_of(completion, plain=False)
-                    yield Answer(text, status, completion.usage, summary_of(completion))
-                elif isinstance(event, NodeStarted):
-                    yield started_event(event)
-                elif (progress := progress_event(event)) is not None:
-                    yield progress
-    except RunFailed as exc:
-        ended = True
-        observer.failed(exc.calls, exc.usage.completion_tokens)
-        raise
-    finally:
-        if not ended:
-            observer.cancelled()
+async def _rsa(prep: Prepared, ticket: Ticket) -> AsyncIterator[str | dict | Answer]:
+    tagged = Tagged()
+    async with aclosing(execute(prep.run, ticket, prep.resp_id)) as events:
+        async for event in events:
+            if isinstance(event, FinalDelta):
+                yield tagged.text(event)
+            elif isinstance(event, RunCompleted):
+                completion = rsa_completion(prep.resp_id, now(), prep.engine.model_name, event.result, False)
+                yield summary_event(event.result, False)  # which method ran, why it stopped
+                text, status = answer_of(completion, plain=False)
+                yield Answer(text, status, completion.usage, summary_of(completion))
+            elif isinstance(event, NodeStarted):
+                yield started_event(event)
+            elif (progress := progress_event(event)) is not None:
+                yield progress
 
 
-def _source(prep: Prepared) -> AsyncIterator[str | dict | Answer]:
-    if prep.plain:
-        return in_own_task(_plain(prep))
-    metrics.RSA_RUNS.inc()
-    return in_own_task(_rsa(prep, metrics.RunObserver()))
+def _source(prep: Prepared, ticket: Ticket) -> AsyncIterator[str | dict | Answer]:
+    """What the response answers: the run's (whose events are read in a task of their own),
+    or the plain generation's, read in one."""
+    return in_own_task(_plain(prep)) if prep.plain else _rsa(prep, ticket)
 
 
 def _object(prep: Prepared, created: int, status: str, **kw: object) -> ResponseObject:
@@ -136,8 +127,8 @@ async def respond(prep: Prepared, request: Request, ticket: Ticket, stream: bool
             answer = await until_disconnect(request, _drain(prep, ticket))
         except ClientDisconnected:  # its engine requests were aborted
             return Response(status_code=CLIENT_CLOSED)
-        except (RunFailed, EngineError) as exc:
-            return engine_error(exc).response()
+        except (Failure, EngineError) as exc:
+            return failure(exc).error.response()
     response = _object(prep, created, answer.status, text=answer.text, usage=answer.usage, completed_at=now(),
                        rsa=answer.rsa)
     await _keep(request, prep, created, response)
@@ -146,7 +137,7 @@ async def respond(prep: Prepared, request: Request, ticket: Ticket, stream: bool
 
 async def _drain(prep: Prepared, ticket: Ticket) -> Answer:
     await ticket.wait()
-    async with aclosing(_source(prep)) as items:
+    async with aclosing(_source(prep, ticket)) as items:
         async for item in items:
             if isinstance(item, Answer):
                 return item
@@ -160,7 +151,7 @@ async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int
     await ticket.wait()
     yield sse_event(seq.lifecycle("response.in_progress", _object(prep, created, "in_progress")))
     try:
-        async with aclosing(_source(prep)) as source:
+        async with aclosing(_source(prep, ticket)) as source:
             async for item in source:
                 if isinstance(item, str):
                     for event in items.feed(item):
@@ -176,11 +167,8 @@ async def _stream(prep: Prepared, request: Request, ticket: Ticket, created: int
                     kind = "response.incomplete" if item.status == "incomplete" else "response.completed"
                     yield sse_event(seq.lifecycle(kind, response))
     except Exception as exc:  # the 200 is sent: the failure is an event
-        if isinstance(exc, (RunFailed, EngineError)):
-            error = ErrorBody(**engine_error(exc).body()["error"])
-        else:
+        if not isinstance(exc, Failure | EngineError):
             log.exception("responses stream failed")
-            error = ErrorBody(**APIError(f"Internal error: {type(exc).__name__}", status=500, type="server_error",
-                                         code="internal_error").body()["error"])
-        usage = usage_info(exc.usage) if isinstance(exc, RunFailed) else None
-        yield sse_event(seq.lifecycle("response.failed", _object(prep, created, "failed", error=error, usage=usage)))
+        failed = failure(exc)
+        response = _object(prep, created, "failed", error=failed.error.error_body(), usage=failed.usage)
+        yield sse_event(seq.lifecycle("response.failed", response))

@@ -1,14 +1,18 @@
-"""A ``POST /v1/responses`` as a run: the conversation (continued from a previous response),
-the compute its ``reasoning.effort`` or ``rsa`` asks for, and the checked :class:`RsaRun`.
+"""A ``POST /v1/responses`` as a run: the conversation (continued from a previous response)
+as the chat the run answers, and what it asked (``reasoning.effort`` or ``rsa``, ``temperature``,
+``top_p``, ``max_output_tokens``) handed to :func:`mrsa.service.pipeline.prepare`, which decides
+RSA or plain, merges the parameters and checks the :class:`RsaRun`.
 
-Every response is prepared as an RSA run: without effort or ``rsa``, one of population 1 and
-one round whose only trace is the answer (``selection: majority`` makes no final call), sampled
-as a plain generation would be (``temperature`` and ``top_p`` default to 1,
-``max_output_tokens`` to the room the context leaves). How it is answered decides what executes
-it: a background response hands the run to the run manager (stored, resumed after a restart); a
-live RSA response runs it in :mod:`.live`; a live plain response does not run it but generates
-straight from the engine with its sampling (:func:`.live._plain`: token by token, which a
-one-trace run would only give at its end). The chat path's plain forwarding is not used.
+Every response is prepared as a run: a plain one (no ``rsa``, an effort that maps to none) as
+one of population 1 and one round whose only trace is the answer (``selection: majority`` makes
+no final call), sampled as a plain generation would be (:func:`_plain_params`: ``temperature``
+and ``top_p`` default to 1, ``max_output_tokens`` to the room the context leaves). How it is
+answered decides what executes it: a background response hands the run to the run manager
+(:func:`mrsa.service.pipeline.submit`: stored, resumed after a restart); a live RSA response
+runs it through :func:`mrsa.service.pipeline.execute` (:mod:`.live`); a live plain response does
+not run it but generates straight from the engine with its sampling (:func:`.live._plain`: token
+by token, which a one-trace run would only give at its end). The chat path's plain forwarding
+is not used.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from mrsa.engine.base import Engine
 from mrsa.rsa import RsaParams, RsaRun
 from mrsa.service.context import owner_of, runs_of, served, settings_of
 from mrsa.service.errors import APIError, from_validation_error
+from mrsa.service.pipeline import prepare as prepare_run
 from mrsa.service.responses import stored
 from mrsa.service.responses.wire import ResponseRequest, chat_of
-from mrsa.service.rsa_chat import new_run, rsa_params
 from mrsa.service.wire import ChatCompletionRequest
 
 
@@ -73,16 +77,15 @@ def _plain_params(body: ResponseRequest, engine: Engine, messages: list[dict[str
 async def prepare(body: ResponseRequest, request: Request, resp_id: str) -> Prepared:
     body.check_supported()
     engine = served(body.model, request)
-    settings = settings_of(request)
-    rsa = settings.rsa_object(body.rsa, body.effort)
     conversation = await previous_conversation(request, body.previous_response_id) if body.previous_response_id else []
     conversation += body.input_messages()
     messages = chat_of(body.instructions, conversation)
     try:
         chat = ChatCompletionRequest(model=body.model, messages=messages, temperature=body.temperature,
-                                     top_p=body.top_p, max_completion_tokens=body.max_output_tokens, rsa=rsa)
+                                     top_p=body.top_p, max_completion_tokens=body.max_output_tokens, rsa=body.rsa,
+                                     reasoning_effort=body.effort)
     except ValidationError as exc:
         raise from_validation_error(exc, prefix="input") from None
-    params = _plain_params(body, engine, messages) if rsa is None else rsa_params(chat, settings)
-    run = new_run(engine, chat, params, f"{resp_id}-a1")
+    run, rsa = prepare_run(chat, settings_of(request), engine, f"{resp_id}-a1",
+                           plain=lambda: _plain_params(body, engine, messages))
     return Prepared(resp_id, engine, run, rsa, body.echo(rsa), conversation)

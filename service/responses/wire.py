@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_serializer
 
 from mrsa.rsa.tails import THINK_CLOSE, THINK_OPEN
-from mrsa.service.errors import APIError
+from mrsa.service.errors import APIError, ErrorBody
 from mrsa.service.settings import Effort
-from mrsa.service.wire import RSA_SCHEMA, ErrorBody, UsageInfo
+from mrsa.service.wire import RSA_SCHEMA, UsageInfo
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
 

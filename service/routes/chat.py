@@ -15,7 +15,7 @@ from mrsa.service import plain, rsa_chat
 from mrsa.service.context import engine_of, served, settings_of
 from mrsa.service.errors import APIError
 from mrsa.service.json_body import json_object
-from mrsa.service.routes.runs import submit_run
+from mrsa.service.pipeline import prepare, wants_rsa
 from mrsa.service.rsa_request import rsa_request
 from mrsa.service.wire import ChunkFactory, completion_id, now
 
@@ -62,18 +62,11 @@ def _plain_model(raw: dict, request: Request) -> None:
         raise APIError(f"n={n} exceeds this server's limit of {limit}", param="n")
 
 
-def _is_rsa(raw: dict, request: Request) -> bool:
-    settings = settings_of(request)
-    effort = raw.get("reasoning_effort")
-    effort = effort if isinstance(effort, str) else None
-    return raw.get("rsa") is not None or settings.effort_presets.get(effort or settings.default_effort) is not None
-
-
 @router.post("/v1/chat/completions", response_model=None,
              openapi_extra=_body({"$ref": "#/components/schemas/ChatCompletionRequest"}))
 async def chat_completions(request: Request) -> Response:
     raw = await json_object(request)
-    if not _is_rsa(raw, request):
+    if not wants_rsa(settings_of(request), raw.get("rsa"), raw.get("reasoning_effort")):
         if raw.get("background"):
             raise APIError("background needs an rsa object: only RSA runs run in the background", param="background")
         _plain_model(raw, request)
@@ -81,13 +74,11 @@ async def chat_completions(request: Request) -> Response:
         return await plain.forward(request, lambda: engine_of(request).openai.chat_completions(body))
     body = rsa_request(raw)
     engine = served(body.model, request)
-    rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort)
-    if rsa != body.rsa:
-        body = body.model_copy(update={"rsa": rsa})
     if body.background:
-        return await submit_run(body, request, engine)
+        return await rsa_chat.background(body, request)
     chunks = ChunkFactory(id=completion_id(), created=now(), model=engine.model_name)
-    return await rsa_chat.complete(body, request, engine, chunks)
+    run, _ = prepare(body, settings_of(request), engine, chunks.id)
+    return await rsa_chat.answer(body, run, chunks, request)
 
 
 @router.post("/v1/completions", response_model=None, openapi_extra=_body(_OBJECT))

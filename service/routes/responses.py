@@ -11,11 +11,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from mrsa.service import metrics
-from mrsa.service.context import admit, owner_of, runs_of
+from mrsa.service.context import owner_of, runs_of
 from mrsa.service.errors import APIError
 from mrsa.service.idempotency import REPLAYED, idempotency
 from mrsa.service.json_body import check_json
+from mrsa.service.pipeline import admit, submit
 from mrsa.service.responses import stored
 from mrsa.service.responses.live import respond
 from mrsa.service.responses.prepare import Prepared, prepare
@@ -43,19 +43,13 @@ async def create_response(body: ResponseRequest, request: Request) -> Response:
     prep = await prepare(body, request, response_id())
     if body.background:
         return await _submit(prep, request, body.stream, key)
-    ticket = admit(request, request.app.state.plain_admission if prep.plain else runs.admission)
-    return await respond(prep, request, ticket, body.stream)
+    return await respond(prep, request, admit(request, plain=prep.plain), body.stream)
 
 
 async def _submit(prep: Prepared, request: Request, stream: bool, key: tuple[str, str] | None) -> Response:
     """The response's run, stored with its record in one transaction."""
-    runs, owner = runs_of(request), owner_of(request)
-    ticket = admit(request, runs.admission)
     data = stored.record(prep.engine.model_name, now(), prep.echo, prep.conversation, None)
-    submitted = await runs.submit(owner, prep.engine.model_name, prep.resp_id, prep.run, ticket,
-                                  extra={"response": True}, response=data, idempotency=key)
-    if not submitted.replayed:
-        metrics.RSA_RUNS.inc()
+    submitted = await submit(request, prep.resp_id, prep.run, idempotency=key, extra={"response": True}, response=data)
     return await _accepted(request, submitted, stream)
 
 

@@ -6,17 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from mrsa.engine.base import Engine
-from mrsa.service import metrics
-from mrsa.service.context import admit, owner_of, runs_of, served, settings_of
+from mrsa.service import rsa_chat
+from mrsa.service.context import owner_of, runs_of, served
 from mrsa.service.errors import APIError
-from mrsa.service.idempotency import REPLAYED, idempotency
 from mrsa.service.json_body import check_json
-from mrsa.service.rsa_chat import new_run, rsa_params
 from mrsa.service.rsa_request import rsa_request
-from mrsa.service.runs import RunManager, StoredRun, Submitted, new_run_id
+from mrsa.service.runs import StoredRun
 from mrsa.service.streaming import KEEP_ALIVE, EventStream, ServerSentEvent, sse
 from mrsa.service.wire import ChatCompletionRequest, RunObject
 
@@ -31,33 +28,8 @@ async def create_run(body: ChatCompletionRequest, request: Request) -> Response:
     raw = await request.json()
     check_json(raw)
     rsa_request(raw)  # a field a run cannot honour is refused by name
-    engine = served(body.model, request)
-    rsa = settings_of(request).rsa_object(body.rsa, body.reasoning_effort) or {}
-    return await submit_run(body.model_copy(update={"rsa": rsa}), request, engine)
-
-
-async def submit_run(body: ChatCompletionRequest, request: Request, engine: Engine) -> Response:
-    """Accept a run: 202 with its run object (the earlier one, for a repeated
-    ``Idempotency-Key``), or the error that refuses it."""
-    if body.stream:
-        raise APIError("stream and background exclude each other: follow /v1/rsa/runs/{id}/events", param="stream")
-    runs, owner = runs_of(request), owner_of(request)
-    key = idempotency(request, await request.json())
-    if key is not None and (earlier := await runs.idempotent(owner, *key)) is not None:
-        return await _accepted(runs, earlier)
-    params = rsa_params(body, settings_of(request))
-    run_id = new_run_id()
-    run = new_run(engine, body, params, f"{run_id}-a1")
-    ticket = admit(request, runs.admission)
-    submitted = await runs.submit(owner, engine.model_name, run_id, run, ticket, idempotency=key)
-    if not submitted.replayed:
-        metrics.RSA_RUNS.inc()
-    return await _accepted(runs, submitted)
-
-
-async def _accepted(runs: RunManager, submitted: Submitted) -> Response:
-    headers = {REPLAYED: "true"} if submitted.replayed else None
-    return JSONResponse((await runs.run_object(submitted.run)).model_dump(), status_code=202, headers=headers)
+    served(body.model, request)
+    return await rsa_chat.background(body, request)
 
 
 async def _owned(request: Request, run_id: str) -> StoredRun:

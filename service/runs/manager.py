@@ -57,10 +57,10 @@ from mrsa.rsa.events import FinalDelta, FinalStarted, NodeFinished, RoundComplet
 from mrsa.service import logs, metrics
 from mrsa.service.admission import Admission, Ticket
 from mrsa.service.errors import APIError
+from mrsa.service.pipeline import failure
 from mrsa.service.runs.store import AsyncStore, Idempotent, StoredRun, StoreError
 from mrsa.service.runs.stores import LeaseLost, open_store
 from mrsa.service.wire import (
-    ErrorBody,
     RunObject,
     RunProgress,
     now,
@@ -145,10 +145,10 @@ class RunManager:
         resumed = 0
         for run in runs:
             if run.spec.get("model") != engine.model_name:
-                error = {"error": ErrorBody(
-                    message=f"This run was accepted for model `{run.spec.get('model')}`; the server now serves "
-                            f"`{engine.model_name}`, which cannot continue its traces. Submit it again.",
-                    type="server_error", code="model_changed").model_dump()}
+                error = APIError.for_status(
+                    500, f"This run was accepted for model `{run.spec.get('model')}`; the server now serves "
+                         f"`{engine.model_name}`, which cannot continue its traces. Submit it again.",
+                    code="model_changed").body()
                 await store.finish(run.id, "failed", {"event": "run_failed", **error}, error=error)
                 log.warning("run %s was accepted for %s, not %s: ended as failed", run.id, run.spec.get("model"),
                             engine.model_name)
@@ -398,6 +398,14 @@ class RunManager:
 
     async def _execute(self, run_id: str, spec: dict, ticket: Ticket, attempt: int, run: RsaRun | None,
                        records: list, elapsed_s: float) -> None:
+        """Run it to its end in the store. Its own loop, not :func:`mrsa.service.pipeline.execute`
+        (which a live run's client reads): a node that completes its round is checkpointed with
+        the round's ``round_completed`` in one transaction, which needs the scheduler's next
+        event as the node is read (a reader task running ahead would have taken it already);
+        and a shutdown or a lost lease stops it without ending it (not counted as cancelled,
+        nothing stored: another attempt goes on from its checkpoints). What it shares with the
+        live runs: the metrics observer, and the error a failure stores (the envelope as
+        :func:`mrsa.service.pipeline.failure` maps it, a failed run's usage with it)."""
         store = self._open()
         logs.bind_run(run_id)  # this task's own context: every record it logs names the run
         observer = metrics.RunObserver()
@@ -444,12 +452,12 @@ class RunManager:
                 raise
         except RunFailed as exc:
             observer.failed(exc.calls, exc.usage.completion_tokens)
-            error = {"error": _error_body(exc).model_dump(), "usage": usage_info(exc.usage).model_dump()}
+            error = failure(exc).body()
             await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
         except Exception as exc:  # a bug or an engine that cannot run it: the run fails, the server stays
             if not isinstance(exc, EngineError):
                 log.exception("background run %s failed", run_id)
-            error = {"error": _error_body(exc).model_dump()}
+            error = failure(exc).body()
             await store.finish(run_id, "failed", {"event": "run_failed", **error}, error=error)
         finally:
             self._tasks.pop(run_id, None)
@@ -464,12 +472,3 @@ def _round_completed_next(run: RsaRun, round: int) -> bool:
     due = run.scheduler.events
     return bool(due) and isinstance(due[0], RoundCompleted) and due[0].round == round
 
-
-def _error_body(exc: Exception) -> ErrorBody:
-    if isinstance(exc, (EngineError, RunFailed)):
-        return ErrorBody(
-            message=str(exc) or type(exc).__name__,
-            type="invalid_request_error" if exc.status < 500 else "server_error",
-            code=exc.code,
-        )
-    return ErrorBody(message=f"Internal error: {type(exc).__name__}", type="server_error", code="internal_error")

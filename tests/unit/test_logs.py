@@ -113,8 +113,8 @@ async def test_request_id_is_bound_for_logs_and_echoed() -> None:
 async def test_rsa_run_logs_carry_request_and_run_ids() -> None:
     engine = FakeEngine()
     app = create_app(Settings(), engine_factory=lambda _: engine)
-    stream, handler = _capture(logging.getLogger("mrsa.service.rsa_chat"))
-    logging.getLogger("mrsa.service.rsa_chat").setLevel(logging.INFO)
+    stream, handler = _capture(logging.getLogger("mrsa.service.pipeline"))
+    logging.getLogger("mrsa.service.pipeline").setLevel(logging.INFO)
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "2+2?"}],
             "rsa": {"population": 2, "k": 1, "rounds": 2, "tail_tokens": 8, "trace_max_tokens": 64, "seed": 1}}
     try:
@@ -123,7 +123,7 @@ async def test_rsa_run_logs_carry_request_and_run_ids() -> None:
                 response = await client.post("/v1/chat/completions", json=body, headers={"X-Request-ID": "r-42"})
                 streamed = await client.post("/v1/chat/completions", json={**body, "stream": True})
     finally:
-        logging.getLogger("mrsa.service.rsa_chat").removeHandler(handler)
+        logging.getLogger("mrsa.service.pipeline").removeHandler(handler)
     assert response.status_code == 200 and streamed.status_code == 200
     entries = [e for e in _lines(stream) if e["msg"].startswith("rsa run")]
     plain = [e for e in entries if e.get("request_id") == "r-42"]
