@@ -7,8 +7,10 @@ them. The fake engine stands in for the model; the rest is the service as it run
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -208,3 +210,14 @@ async def test_a_lost_run_is_the_same_envelope_in_every_api() -> None:
     for _, error in errors.values():
         assert (error["type"], error["code"], error["param"]) == ("server_error", "upstream_unavailable", None)
         assert "no replica is reachable" in error["message"]
+
+
+def test_route_modules_do_not_import_each_other() -> None:
+    """What two routes share lives in the pipeline (or rsa_chat, responses/), not in a route."""
+    routes = Path(pipeline.__file__).parent / "routes"
+    for path in routes.glob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.ImportFrom) and node.module}
+        assert not {m for m in imported if m.startswith("mrsa.service.routes")}, f"{path.name} imports a route"
