@@ -221,3 +221,15 @@ def test_route_modules_do_not_import_each_other() -> None:
         imported = {node.module for node in ast.walk(ast.parse(path.read_text()))
                     if isinstance(node, ast.ImportFrom) and node.module}
         assert not {m for m in imported if m.startswith("mrsa.service.routes")}, f"{path.name} imports a route"
+
+
+def test_the_envelope_rules_are_written_once() -> None:
+    """The status-to-type rule and the 500 body live in errors.py: every other module of the
+    service calls APIError.for_status and APIError.internal."""
+    service = Path(pipeline.__file__).parent
+    for path in service.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == service:
+            continue
+        text = path.read_text()
+        assert "Internal error" not in text, f"{path.relative_to(service)} builds the 500 envelope itself"
+        assert "< 500" not in text, f"{path.relative_to(service)} maps a status to an error type itself"
