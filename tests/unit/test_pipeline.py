@@ -168,6 +168,24 @@ async def test_the_rsa_object_wins_over_top_level_fields_in_every_api(path: str)
     assert {r.params.top_p for r in engine.requests} == {0.5}
 
 
+async def test_a_preset_wins_over_top_level_fields_and_the_rsa_object_over_the_preset() -> None:
+    """Lowest first: server defaults, top-level fields, the effort's preset, the rsa object. A
+    measured preset keeps the sampling it was measured with; the rsa object sets it anyway."""
+    engine = FakeEngine()
+    preset = {"population": 2, "k": 1, "rounds": 1, "selection": "majority", "trace_max_tokens": 48,
+              "temperature": 0.6}
+    async with serving(engine, effort_presets={"low": preset}) as http:
+        await _call(http, "/v1/chat/completions", {**CHAT, "reasoning_effort": "low", "temperature": 0.2,
+                                                   "top_p": 0.5, "seed": 4})
+        first = list(engine.requests)
+        await _call(http, "/v1/chat/completions", {**CHAT, "reasoning_effort": "low", "temperature": 0.2,
+                                                   "rsa": {"temperature": 0.9}})
+        second = engine.requests[len(first):]
+    assert {r.params.temperature for r in first} == {0.6}  # the preset's, not the top-level 0.2
+    assert {r.params.top_p for r in first} == {0.5}  # not in the preset: the top-level field
+    assert {r.params.temperature for r in second} == {0.9}
+
+
 # ------------------------------------------------------------------------------ one failure, one envelope
 
 
