@@ -67,7 +67,6 @@ from mrsa.service.wire import (
     progress_event,
     rsa_completion,
     planned_nodes,
-    summary_event,
     usage_info,
 )
 
@@ -427,8 +426,7 @@ class RunManager:
                         if isinstance(event, RunCompleted):
                             with_trace = run.params.return_trace
                             body = rsa_completion(run_id, now(), spec["model"], event.result, with_trace).model_dump()
-                            summary = {**summary_event(event.result, with_trace), "usage": body["usage"]}
-                            await store.finish(run_id, "completed", summary, result=body)
+                            await store.finish(run_id, "completed", event.wire(with_trace, with_usage=True), result=body)
                         elif isinstance(event, NodeFinished) and event.record is not None and event.status != "aborted":
                             # The round this node completes is logged in its checkpoint's
                             # transaction: a restart restores the round without reporting it.
