@@ -48,7 +48,7 @@ async def _ask(http: httpx.AsyncClient, url: str, model: str, effort: str, probl
     out = r.json()
     rsa = out.get("rsa") or {}
     usage = out["usage"]
-    answer = out["rsa"]["answer"] if out.get("rsa") else extract_answer(out["choices"][0]["message"]["content"] or "")
+    answer = rsa["answer"] if rsa else extract_answer(out["choices"][0]["message"]["content"] or "")
     return {
         "problem": problem.id,
         "calls": rsa.get("calls", 1),

@@ -202,3 +202,35 @@ def test_readme_holds_exactly_the_two_setup_commands() -> None:
     assert [w for w in _sh_lines(setup) if w] == [["make", "serve"], ["make", "test"]]
     makes = [w for w in _sh_lines(readme) if w and w[0] == "make"]
     assert makes == [["make", "serve"], ["make", "test"]], makes
+
+
+def test_readmes_effort_table_gives_the_measured_figures() -> None:
+    """Accuracy and tokens per level as the default model's shipped preset file records them
+    (the reference row as the calibration measured it), wall times as the committed
+    ``mrsa bench effort`` run measured them; every level the file presets is a row."""
+    import json
+
+    from mrsa.engine.provision import DEFAULT_MODEL
+    from mrsa.service.presets import load_presets, shipped_presets
+
+    heading = "## What each effort buys"
+    section = PAGES["README.md"].split(heading, 1)[1].split("\n## ", 1)[0]
+    bench = json.loads((ROOT / re.search(r"\]\((docs/bench/effort-[^)]+\.json)\)", section)[1]).read_text())
+    presets = load_presets(shipped_presets(DEFAULT_MODEL))
+    figures = presets.measured["figures"]
+    calibration = json.loads((ROOT / "docs/eval/calibrate-gsm8k-qwen15b/calibration.json").read_text())
+    shown = set()
+    for cells in _table("README.md", heading):
+        levels = re.findall(r"`(\w+)`", cells[0])
+        if not levels:  # the reference
+            (reference,) = [p for p in calibration["points"] if p["name"] == calibration["meta"]["reference"]]
+            assert cells[2:4] == [f"{reference['accuracy']:.3f}", f"{reference['tokens_mean']:,.0f}"], cells
+            continue
+        timed = bench["levels"][levels[0]]
+        assert bench["presets"][levels[0]] == presets.efforts[levels[0]], "the bench ran another preset"
+        for level in levels:  # levels sharing a row share a preset
+            assert presets.efforts[level] == presets.efforts[levels[0]], level
+            assert cells[2:4] == [f"{figures[level]['accuracy']:.3f}", f"{figures[level]['tokens_mean']:,.0f}"], level
+            assert cells[4] == f"{timed['p50_s']:.0f} s / {timed['p95_s']:.0f} s", level
+            shown.add(level)
+    assert shown == set(presets.efforts)
